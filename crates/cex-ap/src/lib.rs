@@ -1,0 +1,24 @@
+//! The Linux AP bus as the node agent sees it.
+//!
+//! This crate owns the vocabulary shared by every other part of the
+//! product: APQNs (adapter and domain pairs), card types with their
+//! generation and mode, the 256-bit masks of the AP bus and of zcrypt
+//! nodes, and plug-in device ids. It also reads the kernel's view of the
+//! bus from sysfs (`/sys/devices/ap`) and the machine id from
+//! `/proc/sysinfo`.
+
+#![forbid(unsafe_code)]
+
+mod apqn;
+mod card;
+mod device_id;
+mod mask;
+
+pub use apqn::Apqn;
+pub use card::{CardType, CardTypeError, CexMode};
+pub use device_id::{DeviceId, DeviceIdError};
+pub use mask::{Mask256, MaskError};
+
+mod inventory;
+
+pub use inventory::{Card, Inventory, Queue};
