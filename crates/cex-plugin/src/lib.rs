@@ -1,1 +1,5 @@
+//! The CEX device plug-in node agent.
+
 #![forbid(unsafe_code)]
+
+pub mod devices;
