@@ -4,3 +4,4 @@
 
 pub mod devices;
 pub mod settings;
+pub mod surveillance;
