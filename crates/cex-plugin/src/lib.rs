@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod allocate;
 pub mod devices;
 pub mod settings;
 pub mod surveillance;
