@@ -720,11 +720,8 @@ fn quota_roles_grant_only_what_cexctl_needs() {
     }
     granted.sort();
     let expected = [
-        ("namespaces", "get"),
-        ("namespaces", "list"),
         ("resourcequotas", "create"),
         ("resourcequotas", "get"),
-        ("resourcequotas", "list"),
         ("resourcequotas", "patch"),
     ];
     let expected: Vec<(String, String)> = expected
