@@ -1,1 +1,5 @@
 #![forbid(unsafe_code)]
+
+pub mod kernel;
+pub mod layout;
+pub mod machines;
