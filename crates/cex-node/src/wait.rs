@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 const FIRST_PAUSE: Duration = Duration::from_millis(1);
 /// The maximum pause between two checks, so that a long wait does not delay
 /// noticing a condition that became true later.
-const MAX_PAUSE: Duration = Duration::from_millis(50);
+const MAX_PAUSE: Duration = Duration::from_millis(10);
 
 /// Checks `done` until it returns true or `timeout` has passed, pausing
-/// 1 ms, 2 ms, 4 ms, ... (at most 50 ms) in between. Returns whether the
+/// 1 ms, 2 ms, 4 ms, ... (at most 10 ms) in between. Returns whether the
 /// condition became true; it is checked one last time at the deadline.
 pub(crate) fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;

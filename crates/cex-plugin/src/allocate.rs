@@ -175,8 +175,9 @@ impl Allocator {
             match self.prepare(id, variant).await {
                 Ok(ready) => prepared.push(ready),
                 Err(status) => {
-                    tracing::error!(set = %set.name, device = %id, error = %status.message(),
-                        "allocation failed");
+                    let set_name = &set.name;
+                    tracing::error!(set = %set_name, device = %id, error = %status.message(),
+                        "Plugin['{set_name}']: Allocate: device {id} failed: {}", status.message());
                     self.undo(prepared).await;
                     return Err(status);
                 }
@@ -251,9 +252,18 @@ impl Allocator {
     }
 
     fn record(&self, set: &SetSnapshot, ready: &Prepared) {
-        tracing::info!(set = %set.name, device = %ready.id, node = %ready.node.name,
-            shadow_dir = %ready.shadow.path.display(), created = ready.node.created,
-            "allocated plug-in device");
+        let set_name = &set.name;
+        tracing::info!(
+            set = %set_name,
+            device = %ready.id,
+            node = %ready.node.name,
+            shadow_dir = %ready.shadow.path.display(),
+            created = ready.node.created,
+            "Plugin['{set_name}']: Allocate: device {} gets zcrypt node {} and shadow sysfs {}",
+            ready.id,
+            ready.node.name,
+            ready.shadow.path.display()
+        );
         let record = AllocationRecord {
             id: ready.id,
             set: set.name.clone(),

@@ -885,7 +885,13 @@ async fn allocate_latency_benchmark() {
     for id in &ids {
         sequential.push(timed_allocate(&allocator, &set, id).await);
     }
-    print_latencies("Allocate, 200 sequential", sequential);
+    print_latencies("Allocate, 200 sequential, new nodes", sequential);
+
+    let mut reused = Vec::with_capacity(200);
+    for id in &ids {
+        reused.push(timed_allocate(&allocator, &set, id).await);
+    }
+    print_latencies("Allocate, 200 sequential, nodes reused", reused);
 
     let fresh = node_after_cleanup(&node, &allocator, &ids);
     let tasks: Vec<_> = ids[..64]
@@ -899,7 +905,7 @@ async fn allocate_latency_benchmark() {
     for task in tasks {
         concurrent.push(task.await.expect("task"));
     }
-    print_latencies("Allocate, 64 concurrent", concurrent);
+    print_latencies("Allocate, 64 concurrent, new nodes", concurrent);
 }
 
 /// Destroys every node and shadow dir so the next round creates afresh.

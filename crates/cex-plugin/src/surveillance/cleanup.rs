@@ -245,10 +245,10 @@ impl Cleaner {
     /// removal with its reason and age. A failed removal is retried at the
     /// next pass and logged as an error only the first time.
     ///
-    /// `allocated` is called right before each removal and returns the time
-    /// of the device's latest allocation; one newer than the expired timer
-    /// restarts the timer instead. Returns the devices whose node and dir
-    /// are both gone after this call.
+    /// `allocated` is called right before each removal. It returns the time
+    /// of an allocation of the device that the timers do not reflect yet,
+    /// which restarts the timer instead. Returns the devices whose node and
+    /// dir are both gone after this call.
     pub fn collect<S: NodeStore>(
         &mut self,
         store: &S,
@@ -266,10 +266,8 @@ impl Cleaner {
                 age,
             } = expired;
             if let Some(at) = allocated(&device) {
-                if at > now - age {
-                    self.mark_allocated(&device, at);
-                    continue;
-                }
+                self.mark_allocated(&device, at);
+                continue;
             }
             let name = kind.name_of(&device);
             let verb = match kind {

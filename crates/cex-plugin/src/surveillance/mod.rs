@@ -135,6 +135,20 @@ pub trait AllocationLog: Send + Sync {
     fn forget(&self, device: &DeviceId);
 }
 
+impl AllocationLog for crate::allocate::Allocator {
+    fn allocated_at(&self) -> BTreeMap<DeviceId, SystemTime> {
+        let records = self.allocations().records;
+        records
+            .into_iter()
+            .map(|(device, record)| (device, record.created_at))
+            .collect()
+    }
+
+    fn forget(&self, device: &DeviceId) {
+        crate::allocate::Allocator::forget(self, device);
+    }
+}
+
 /// Converts a wall-clock time in the past to an `Instant`; `None` when it
 /// lies before the monotonic clock's origin.
 fn to_instant(at: SystemTime) -> Option<Instant> {
@@ -280,20 +294,26 @@ where
     /// is due.
     fn collect(&mut self, used: &std::collections::BTreeSet<DeviceId>, now: Instant) {
         let allocations = self.allocations.clone();
-        if let Some(log) = &allocations {
-            for (device, at) in log.allocated_at() {
-                if let Some(at) = to_instant(at) {
-                    self.cleaner.mark_allocated(&device, at);
-                }
+        let known = allocations
+            .as_ref()
+            .map(|log| log.allocated_at())
+            .unwrap_or_default();
+        for (device, at) in &known {
+            if let Some(at) = to_instant(*at) {
+                self.cleaner.mark_allocated(device, at);
             }
         }
         self.cleaner.mark_used(used, now);
+        // An allocation recorded after `known` was read restarts the timer.
         // NOTE: an Allocate for a device between this check and its removal
         // still loses the node; closing that needs one lock shared with the
         // allocation path.
         let latest_allocation = |device: &DeviceId| {
-            let log = allocations.as_ref()?;
-            log.allocated_at().get(device).copied().and_then(to_instant)
+            let at = *allocations.as_ref()?.allocated_at().get(device)?;
+            if known.get(device) == Some(&at) {
+                return None;
+            }
+            to_instant(at)
         };
         let gone = self
             .cleaner
