@@ -30,9 +30,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cex_ap::{Apqn, DeviceId, Inventory};
 use cex_config::CryptoConfig;
+use cex_node::{NodePaths, ZcryptNodes};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, Instrument};
+
+use crate::settings::Settings;
 
 pub use cleanup::{Cleaner, NodeKind, NodeStore};
 pub use findings::{Findings, SetIndex, StatsSnapshot, SurveillanceStats};
@@ -123,6 +126,39 @@ impl<T: InventoryView> InventoryView for Option<T> {
 impl<T: InventoryView> InventoryView for Arc<T> {
     fn inventory(&self) -> Option<&Inventory> {
         self.as_ref().inventory()
+    }
+}
+
+impl<C> PodLister<KubeletPodSource, FsNodeStore, C>
+where
+    C: ConfigView + Send + Sync,
+{
+    /// Creates the agent's pod lister from its settings: the kubelet's
+    /// pod-resources socket, the host's zcrypt and shadow sysfs paths.
+    pub fn from_settings(
+        settings: &Settings,
+        machine_id: String,
+        config: watch::Receiver<C>,
+    ) -> Self {
+        let paths = NodePaths {
+            ap_bus_dir: settings.paths.ap_bus_dir.clone(),
+            ap_devs_dir: settings.paths.ap_devices_dir.clone(),
+            zcrypt_class_dir: settings.paths.zcrypt_class_dir.clone(),
+            zcrypt_nodes_dir: settings.paths.zcrypt_nodes_dir.clone(),
+            dev_dir: settings.paths.dev_dir.clone(),
+            shadow_base: settings.paths.shadow_base_dir.clone(),
+        };
+        let lister_settings = PodListerSettings::new(
+            settings.podlister_poll_interval,
+            settings.resource_delete_unused,
+            settings.resource_delete_never_used,
+            machine_id,
+        );
+        let socket = settings.paths.pod_resources_socket.clone();
+        let source = KubeletPodSource::new(socket, lister_settings.list_timeout);
+        let zcrypt = ZcryptNodes::new(&paths, cex_node::zcrypt::DEFAULT_CREATE_TIMEOUT);
+        let store = FsNodeStore::new(&paths, zcrypt);
+        PodLister::new(lister_settings, source, store, config)
     }
 }
 
@@ -305,9 +341,9 @@ where
         }
         self.cleaner.mark_used(used, now);
         // An allocation recorded after `known` was read restarts the timer.
-        // NOTE: an Allocate for a device between this check and its removal
-        // still loses the node; closing that needs one lock shared with the
-        // allocation path.
+        // NOTE: an Allocate that reuses a device between this check and its
+        // removal still loses the node. Closing that gap needs one lock
+        // shared with the allocation path.
         let latest_allocation = |device: &DeviceId| {
             let at = *allocations.as_ref()?.allocated_at().get(device)?;
             if known.get(device) == Some(&at) {
@@ -315,11 +351,11 @@ where
             }
             to_instant(at)
         };
-        let gone = self
+        let removed = self
             .cleaner
             .collect(&self.store, used, now, &latest_allocation, &self.stats);
         if let Some(log) = &allocations {
-            for device in &gone {
+            for device in &removed {
                 log.forget(device);
             }
         }
