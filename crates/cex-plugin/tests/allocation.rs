@@ -1,6 +1,7 @@
-//! The allocation path end to end: `Allocator` on a simulated node laid
-//! out in a temp dir like a z16 LPAR, with a thread standing in for the
-//! kernel's zcrypt `create` and `destroy` handling.
+//! The allocation path end to end: `Allocator` on a simulated z16 LPAR
+//! (the `cex8-mixed-lpar` machine: CEX8C 00, CEX8A 02, CEX8P 03 and 04 in
+//! domains 0x11, 0x29 and 0x2a) laid out in a temp dir, with the
+//! simulator's fake kernel serving zcrypt `create` and `destroy`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -19,19 +20,20 @@ use cex_kubelet_api::deviceplugin::v1beta1::{
 use cex_node::NodePaths;
 use cex_plugin::allocate::{Allocator, AllocatorOptions};
 use cex_plugin::devices::{PluginDevice, SetSnapshot};
+use cex_sim::kernel::{FakeKernel, KernelEvent, RunningKernel};
 use tonic::Code;
 
 // ---------------------------------------------------------------------------
 // Simulated node
 
-/// How the emulated kernel handles a `create` write.
+/// How the fake kernel handles `create` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kernel {
-    /// Makes the attribute dir and the `/dev` node.
+    /// Makes the attribute dir and the `/dev` node at once.
     Normal,
-    /// Makes nothing, as when the kernel rejects the name.
+    /// Makes nothing for the next create, as when the kernel rejects it.
     RefuseCreate,
-    /// Makes the attribute dir but never the `/dev` node.
+    /// Makes the attribute dir but the `/dev` node only after an hour.
     NoDevNode,
 }
 
@@ -39,218 +41,84 @@ struct Node {
     _temp: tempfile::TempDir,
     root: PathBuf,
     paths: NodePaths,
-    stop: Arc<AtomicBool>,
-    kernel: Option<JoinHandle<()>>,
-    /// Every value read from `create` or `destroy` that was not exactly
-    /// one name and a newline: two writes that met in one file.
-    anomalies: Arc<Mutex<Vec<String>>>,
+    _kernel: KernelThread,
 }
 
-impl Drop for Node {
+/// The fake kernel running either on its own thread, or on a test thread
+/// that records every event it returns.
+enum KernelThread {
+    Running {
+        _kernel: RunningKernel,
+    },
+    Recording {
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+    },
+}
+
+impl Drop for KernelThread {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(kernel) = self.kernel.take() {
-            let _ = kernel.join();
+        if let KernelThread::Recording { stop, thread } = self {
+            stop.store(true, Ordering::SeqCst);
+            if let Some(thread) = thread.take() {
+                let _ = thread.join();
+            }
         }
     }
 }
 
-fn attribute(dir: &Path, name: &str, value: &str) {
-    fs::create_dir_all(dir).expect("attribute dir");
-    fs::write(dir.join(name), format!("{value}\n")).expect("attribute");
+fn lay_out(root: &Path) -> NodePaths {
+    let machine = cex_sim::machines::by_name("cex8-mixed-lpar").expect("built-in machine");
+    cex_sim::layout::lay_out(&machine, root).expect("laid out");
+    NodePaths::under_root(root, &root.join("var/tmp/shadowsysfs"))
 }
 
-fn link(target: &str, at: &Path) {
-    fs::create_dir_all(at.parent().expect("parent")).expect("link dir");
-    symlink(target, at).expect("symlink");
-}
-
-fn mask_of(bits: &[u8]) -> String {
-    let mut mask = Mask256::empty();
-    for bit in bits {
-        mask.set(*bit);
-    }
-    mask.to_string()
-}
-
-/// Lays out the AP bus of a z16 LPAR: CEX8C 00, CEX8A 02, CEX8P 03 and
-/// 04 with usage domains 0x29 and 0x2a (card 03 only 0x11).
-fn lay_out_machine(paths: &NodePaths) {
-    let cards: [(u8, &str, &str, &[u8]); 4] = [
-        (0x00, "CEX8C", "0x92800000", &[0x29, 0x2a]),
-        (0x02, "CEX8A", "0x6A000000", &[0x29, 0x2a]),
-        (0x03, "CEX8P", "0x06800000", &[0x11]),
-        (0x04, "CEX8P", "0x06800000", &[0x29, 0x2a]),
-    ];
-    let bus = &paths.ap_bus_dir;
-    for (name, value) in [
-        ("ap_domain", "17".to_string()),
-        ("ap_max_domain_id", "84".to_string()),
-        ("ap_max_adapter_id", "84".to_string()),
-        ("ap_interrupts", "1".to_string()),
-        ("poll_thread", "0".to_string()),
-        ("poll_timeout", "250000".to_string()),
-        ("config_time", "30".to_string()),
-        ("scans", "57".to_string()),
-        ("bindings", "7/7 (complete)".to_string()),
-        ("features", "APSC APXA QACT RC8A".to_string()),
-        ("ap_adapter_mask", mask_of(&[0, 2, 3, 4])),
-        ("ap_usage_domain_mask", mask_of(&[0x11, 0x29, 0x2a])),
-        ("ap_control_domain_mask", mask_of(&[0x11, 0x29, 0x2a])),
-        ("apmask", Mask256::full().to_string()),
-        ("aqmask", Mask256::full().to_string()),
-    ] {
-        attribute(bus, name, &value);
-    }
-    for (adapter, kind, functions, domains) in cards {
-        lay_out_card(paths, adapter, kind, functions, domains);
-    }
-}
-
-fn lay_out_card(paths: &NodePaths, adapter: u8, kind: &str, functions: &str, domains: &[u8]) {
-    let bus = &paths.ap_bus_dir;
-    let card = format!("card{adapter:02x}");
-    let card_dir = paths.ap_devs_dir.join(&card);
-    for (name, value) in [
-        ("hwtype", "14"),
-        ("raw_hwtype", "14"),
-        ("depth", "8"),
-        ("ap_functions", functions),
-        ("request_count", "4"),
-        ("requestq_count", "0"),
-        ("pendingq_count", "0"),
-        ("modalias", "ap:t0E"),
-        ("config", "1"),
-        ("chkstop", "0"),
-        ("max_msg_size", "12288"),
-        ("type", kind),
-        ("online", "1"),
-        ("load", "2"),
-    ] {
-        attribute(&card_dir, name, value);
-    }
-    match kind {
-        "CEX8C" => attribute(&card_dir, "serialnr", "99FAKE01"),
-        "CEX8P" => {
-            attribute(&card_dir, "serialnr", "99FAKE0000000103");
-            attribute(&card_dir, "API_ordinalnr", "4");
-            attribute(&card_dir, "FW_version", "8.2");
-            attribute(&card_dir, "op_modes", "");
-        }
-        _ => {}
-    }
-    link("../../../bus/ap", &card_dir.join("subsystem"));
-    link("../../../bus/ap/drivers/cex4card", &card_dir.join("driver"));
-    link(
-        &format!("../../../devices/ap/{card}"),
-        &bus.join("devices").join(&card),
-    );
-    link(
-        &format!("../../../../devices/ap/{card}"),
-        &bus.join("drivers/cex4card").join(&card),
-    );
-    for domain in domains {
-        let queue = format!("{adapter:02x}.{domain:04x}");
-        let queue_dir = card_dir.join(&queue);
-        for (name, value) in [
-            ("request_count", "2"),
-            ("requestq_count", "0"),
-            ("pendingq_count", "0"),
-            ("reset", "No Reset Timer set."),
-            ("interrupt", "Interrupts enabled."),
-            ("config", "1"),
-            ("chkstop", "0"),
-            ("ap_functions", functions),
-            ("online", "1"),
-            ("load", "1"),
-        ] {
-            attribute(&queue_dir, name, value);
-        }
-        if kind == "CEX8P" {
-            fs::write(
-                queue_dir.join("mkvps"),
-                "WK CUR: valid 0x5a17c3e0\nWK NEW: empty -\n",
-            )
-            .expect("mkvps");
-            attribute(&queue_dir, "op_modes", "");
-        }
-        link("../../../../bus/ap", &queue_dir.join("subsystem"));
-        link(
-            "../../../../bus/ap/drivers/cex4queue",
-            &queue_dir.join("driver"),
-        );
-        let relative = format!("../../../devices/ap/{card}/{queue}");
-        link(&relative, &bus.join("devices").join(&queue));
-        link(
-            &format!("../{relative}"),
-            &bus.join("drivers/cex4queue").join(&queue),
-        );
-    }
-}
-
-fn node(kernel: Kernel) -> Node {
+fn node(behaviour: Kernel) -> Node {
     let temp = tempfile::tempdir().expect("temp dir");
     let root = temp.path().to_path_buf();
-    let paths = NodePaths::under_root(&root, &root.join("var/tmp/shadowsysfs"));
-    lay_out_machine(&paths);
-    fs::create_dir_all(&paths.zcrypt_class_dir).expect("class dir");
-    fs::create_dir_all(&paths.zcrypt_nodes_dir).expect("nodes dir");
-    fs::create_dir_all(&paths.dev_dir).expect("dev dir");
-    fs::write(paths.dev_dir.join("z90crypt"), "").expect("z90crypt");
-    fs::write(paths.zcrypt_class_dir.join("create"), "").expect("create");
-    fs::write(paths.zcrypt_class_dir.join("destroy"), "").expect("destroy");
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let anomalies = Arc::new(Mutex::new(Vec::new()));
-    let state = (paths.clone(), stop.clone(), anomalies.clone());
-    let handle = thread::spawn(move || {
-        let (paths, stop, anomalies) = state;
-        while !stop.load(Ordering::SeqCst) {
-            emulate_kernel_once(&paths, kernel, &anomalies);
-            thread::sleep(Duration::from_millis(1));
-        }
-    });
+    let paths = lay_out(&root);
+    let kernel = FakeKernel::new(&root).expect("fake kernel");
+    match behaviour {
+        Kernel::Normal => {}
+        Kernel::RefuseCreate => kernel.fail_next_create(),
+        Kernel::NoDevNode => kernel.set_dev_node_delay(Some(Duration::from_secs(3600))),
+    }
+    let running = KernelThread::Running {
+        _kernel: kernel.start().expect("kernel started"),
+    };
     Node {
         _temp: temp,
         root,
         paths,
-        stop,
-        kernel: Some(handle),
-        anomalies,
+        _kernel: running,
     }
 }
 
-fn take_name(file: &Path, anomalies: &Mutex<Vec<String>>) -> Option<String> {
-    let text = fs::read_to_string(file).ok()?;
-    if text.is_empty() {
-        return None;
-    }
-    fs::write(file, "").expect("truncate");
-    let name = text.strip_suffix('\n').unwrap_or(&text);
-    if name.is_empty() || name.contains('\n') {
-        anomalies.lock().expect("anomalies").push(text.clone());
-    }
-    Some(name.lines().next().unwrap_or_default().trim().to_string())
-}
-
-fn emulate_kernel_once(paths: &NodePaths, kernel: Kernel, anomalies: &Mutex<Vec<String>>) {
-    if let Some(name) = take_name(&paths.zcrypt_class_dir.join("create"), anomalies) {
-        let node_dir = paths.zcrypt_nodes_dir.join(&name);
-        if kernel != Kernel::RefuseCreate && !node_dir.exists() {
-            let temp = paths.zcrypt_nodes_dir.join(format!(".new-{name}"));
-            for mask in ["apmask", "aqmask", "admask", "ioctlmask"] {
-                attribute(&temp, mask, &Mask256::empty().to_string());
-            }
-            attribute(&temp, "dev", "241:1");
-            fs::rename(&temp, &node_dir).expect("node dir");
-            if kernel == Kernel::Normal {
-                fs::write(paths.dev_dir.join(&name), "").expect("dev node");
-            }
+/// A node whose fake kernel is driven by a test thread every millisecond,
+/// recording each event into `events`.
+fn recording_node(events: Arc<Mutex<Vec<KernelEvent>>>) -> Node {
+    let temp = tempfile::tempdir().expect("temp dir");
+    let root = temp.path().to_path_buf();
+    let paths = lay_out(&root);
+    let kernel = FakeKernel::new(&root).expect("fake kernel");
+    let stop = Arc::new(AtomicBool::new(false));
+    let thread_stop = stop.clone();
+    let thread = thread::spawn(move || {
+        while !thread_stop.load(Ordering::SeqCst) {
+            let handled = kernel.handle_pending_once().expect("kernel pass");
+            events.lock().expect("events").extend(handled);
+            thread::sleep(Duration::from_millis(1));
         }
-    }
-    if let Some(name) = take_name(&paths.zcrypt_class_dir.join("destroy"), anomalies) {
-        let _ = fs::remove_dir_all(paths.zcrypt_nodes_dir.join(&name));
-        let _ = fs::remove_file(paths.dev_dir.join(&name));
+    });
+    let recording = KernelThread::Recording {
+        stop,
+        thread: Some(thread),
+    };
+    Node {
+        _temp: temp,
+        root,
+        paths,
+        _kernel: recording,
     }
 }
 
@@ -496,13 +364,55 @@ async fn static_allocation_builds_node_and_tree() {
     assert_eq!(tree["devices/ap/card04/04.002a/online"], "1\n");
     assert!(tree["devices/ap/card04/04.002a/mkvps"].starts_with("WK CUR"));
     assert!(!tree.contains_key("devices/ap/card04/config"));
+    let copies = [
+        (
+            "bus/ap",
+            node.paths.ap_bus_dir.clone(),
+            &[
+                "ap_interrupts",
+                "ap_max_domain_id",
+                "poll_thread",
+                "poll_timeout",
+                "ap_max_adapter_id",
+            ][..],
+        ),
+        (
+            "devices/ap/card04",
+            node.paths.ap_devs_dir.join("card04"),
+            &[
+                "ap_functions",
+                "depth",
+                "hwtype",
+                "raw_hwtype",
+                "type",
+                "API_ordinalnr",
+                "FW_version",
+                "op_modes",
+                "serialnr",
+            ][..],
+        ),
+        (
+            "devices/ap/card04/04.002a",
+            node.paths.ap_devs_dir.join("card04/04.002a"),
+            &["interrupt", "reset", "mkvps", "op_modes"][..],
+        ),
+    ];
+    for (shadow_dir, host_dir, names) in copies {
+        for name in names {
+            let host = fs::read_to_string(host_dir.join(name)).expect("host attribute");
+            assert_eq!(
+                tree[&format!("{shadow_dir}/{name}")],
+                host,
+                "{shadow_dir}/{name}"
+            );
+        }
+    }
 
     let allocations = allocator.allocations();
     let id: DeviceId = "apqn-4-42-1".parse().expect("id");
     assert_eq!(allocations.records[&id].set, "blue");
     assert_eq!(allocations.records[&id].node, "zcrypt-apqn-4-42-1");
     assert_eq!(allocations.count_per_apqn()[&id.apqn], 1);
-    assert!(node.anomalies.lock().expect("anomalies").is_empty());
 }
 
 #[tokio::test]
@@ -535,7 +445,11 @@ async fn live_allocation_mounts_real_queue() {
         );
     }
     assert_eq!(tree["devices/ap/card00/load"], "0\n");
-    assert_eq!(tree["devices/ap/card00/serialnr"], "99FAKE01\n");
+    let host_serial = node.paths.ap_devs_dir.join("card00/serialnr");
+    assert_eq!(
+        tree["devices/ap/card00/serialnr"],
+        fs::read_to_string(host_serial).expect("host")
+    );
 }
 
 #[tokio::test]
@@ -749,7 +663,8 @@ async fn failed_second_container_undoes_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_allocations_all_succeed() {
-    let node = node(Kernel::Normal);
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let node = recording_node(events.clone());
     let allocator = allocator(&node, TIMEOUT);
     let set = Arc::new(set(
         &[(0, 0x29), (0, 0x2a), (2, 0x29), (4, 0x2a)],
@@ -777,7 +692,20 @@ async fn concurrent_allocations_all_succeed() {
     assert_eq!(names_in(&node.paths.zcrypt_nodes_dir).len(), 64);
     assert_eq!(names_in(&node.paths.shadow_base).len(), 64);
     assert_eq!(allocator.allocations().records.len(), 64);
-    assert!(node.anomalies.lock().expect("anomalies").is_empty());
+    // Each create write was read on its own: one Created event per node
+    // and no name lost or merged with another.
+    let events = events.lock().expect("events");
+    let mut created: Vec<String> = events
+        .iter()
+        .map(|event| match event {
+            KernelEvent::Created { name, .. } => name.clone(),
+            other => panic!("unexpected kernel event {other:?}"),
+        })
+        .collect();
+    created.sort();
+    let mut expected: Vec<String> = ids.iter().map(|id| format!("zcrypt-{id}")).collect();
+    expected.sort();
+    assert_eq!(created, expected);
 }
 
 fn preferred_request(
