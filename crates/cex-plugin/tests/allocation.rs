@@ -1,7 +1,7 @@
 //! The allocation path end to end: `Allocator` on a simulated z16 LPAR
-//! (the `cex8-mixed-lpar` machine: CEX8C 00, CEX8A 02, CEX8P 03 and 04 in
-//! domains 0x11, 0x29 and 0x2a) laid out in a temp dir, with the
-//! simulator's fake kernel serving zcrypt `create` and `destroy`.
+//! laid out in a temp dir, with the simulator's fake kernel serving zcrypt
+//! `create` and `destroy`. The `cex8-mixed-lpar` machine has CEX8C 00,
+//! CEX8A 02 and CEX8P 03 and 04 in domains 0x11, 0x29 and 0x2a.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -94,8 +94,8 @@ fn node(behaviour: Kernel) -> Node {
     }
 }
 
-/// A node whose fake kernel is driven by a test thread every millisecond,
-/// recording each event into `events`.
+/// Lays out a node whose fake kernel a test thread drives every
+/// millisecond, recording each event into `events`.
 fn recording_node(events: Arc<Mutex<Vec<KernelEvent>>>) -> Node {
     let temp = tempfile::tempdir().expect("temp dir");
     let root = temp.path().to_path_buf();
