@@ -22,9 +22,9 @@ use crate::machines::{CardSpec, KernelFeatures, Machine, QueueSpec, Sysinfo};
 /// A failure to lay out or change a simulated node.
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
-    /// The root already contains files.
-    #[error("root {path} is not empty; use an empty or absent directory")]
-    RootNotEmpty { path: PathBuf },
+    /// The root already contains a node tree.
+    #[error("{path} already exists; lay the node out in a root without sys, dev and proc")]
+    RootInUse { path: PathBuf },
     /// A file system operation failed.
     #[error("failed to {action} {path}: {source}")]
     Io {
@@ -60,10 +60,15 @@ fn io_error<'a>(
     }
 }
 
-/// Writes the whole node tree of `machine` below `root`, which must be
-/// empty or absent.
+/// Writes the whole node tree of `machine` below `root`. The root may contain
+/// other files (a kubelet directory, say) but no `sys`, `dev` or `proc`.
 pub fn lay_out(machine: &Machine, root: &Path) -> Result<()> {
-    ensure_empty_root(root)?;
+    for top in ["sys", "dev", "proc"] {
+        let path = root.join(top);
+        if fs::symlink_metadata(&path).is_ok() {
+            return Err(LayoutError::RootInUse { path });
+        }
+    }
     for sub in ["sys/bus", "sys/devices", "sys/class", "dev", "proc"] {
         make_dir(&root.join(sub))?;
     }
@@ -98,25 +103,6 @@ pub fn lay_out(machine: &Machine, root: &Path) -> Result<()> {
         make_dir(&root.join("sys/devices/virtual/zcrypt"))?;
     }
     write_file(&root.join("dev/z90crypt"), "")
-}
-
-fn ensure_empty_root(root: &Path) -> Result<()> {
-    match fs::read_dir(root) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(LayoutError::RootNotEmpty {
-                    path: root.to_path_buf(),
-                });
-            }
-            Ok(())
-        }
-        Err(error) if error.kind() == io::ErrorKind::NotFound => make_dir(root),
-        Err(source) => Err(LayoutError::Io {
-            action: "read",
-            path: root.to_path_buf(),
-            source,
-        }),
-    }
 }
 
 /// The text of `/proc/sysinfo` for `sysinfo`: labels padded to column 22,
@@ -787,12 +773,14 @@ mod tests {
     }
 
     #[test]
-    fn non_empty_root_is_rejected() {
+    fn root_with_node_tree_is_rejected() {
         let dir = tempfile::tempdir().expect("temp dir");
-        fs::write(dir.path().join("stray"), "").expect("write");
+        fs::create_dir(dir.path().join("var")).expect("create var");
         let machine = machines::by_name("cex7-lpar").expect("built in");
-        let error = lay_out(&machine, dir.path()).expect_err("not empty");
-        assert!(matches!(error, LayoutError::RootNotEmpty { .. }), "{error}");
+        lay_out(&machine, dir.path()).expect("other files are allowed");
+        let error = lay_out(&machine, dir.path()).expect_err("second layout");
+        assert!(matches!(error, LayoutError::RootInUse { .. }), "{error}");
+        assert!(error.to_string().contains("sys"), "{error}");
     }
 
     #[test]
