@@ -22,3 +22,11 @@ pub use mask::{Mask256, MaskError};
 mod inventory;
 
 pub use inventory::{Card, Inventory, Queue};
+
+pub mod scan;
+pub mod sysinfo;
+pub mod uevent;
+
+pub use scan::{format_apqns, scan, ProblemKind, ScanError, ScanProblem, ScanReport};
+pub use sysinfo::{parse_machine_id, read_machine_id, SysinfoError};
+pub use uevent::{ap_change, ApChange, BusEvent, DeviceEvent, UEvent, UEventError};
