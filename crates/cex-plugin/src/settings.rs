@@ -164,6 +164,20 @@ pub struct Paths {
     pub pod_resources_socket: PathBuf,
 }
 
+impl Paths {
+    /// The host paths the allocation path works on.
+    pub fn node_paths(&self) -> cex_node::NodePaths {
+        cex_node::NodePaths {
+            ap_bus_dir: self.ap_bus_dir.clone(),
+            ap_devs_dir: self.ap_devices_dir.clone(),
+            zcrypt_class_dir: self.zcrypt_class_dir.clone(),
+            zcrypt_nodes_dir: self.zcrypt_nodes_dir.clone(),
+            dev_dir: self.dev_dir.clone(),
+            shadow_base: self.shadow_base_dir.clone(),
+        }
+    }
+}
+
 /// Validated settings of the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
