@@ -1,5 +1,6 @@
 #![forbid(unsafe_code)]
 
 pub mod kernel;
+pub mod kubelet;
 pub mod layout;
 pub mod machines;
