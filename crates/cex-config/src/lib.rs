@@ -4,10 +4,172 @@
 
 #![forbid(unsafe_code)]
 
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
 use cex_ap::CexMode;
+
+mod summary;
+mod validate;
+
+pub use summary::summary;
 
 /// The resource name prefix; a set's resource is this plus its name.
 pub const RESOURCE_PREFIX: &str = "cex.s390.ibm.com/";
+
+/// The maximum `overcommit` of a set, the same limit as the agent's
+/// `APQN_OVERCOMMIT_LIMIT`.
+pub const MAX_OVERCOMMIT: u32 = 100;
+
+/// The maximum length of a set name, so that it is a valid Kubernetes name
+/// part.
+pub const MAX_SETNAME_LEN: usize = 63;
+
+/// A verified configuration and the warnings found on the way (unknown
+/// fields), which the caller logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    pub config: CryptoConfig,
+    pub warnings: Vec<String>,
+}
+
+/// One rule violation: where it is and what is wrong.
+///
+/// `Display` prints `<location>: <message>`, e.g.
+/// `set "blue": apqns[1]: adapter 300 is out of range 0-255`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The set (`set "blue"`, or `cryptoconfigsets[2]` when it has no
+    /// usable name), followed by the APQN entry when the problem is in one.
+    pub location: String,
+    /// The field, the offending value and the rule it breaks.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// Formats problems as one line, separated by `; `.
+struct ProblemList<'a>(&'a [Problem]);
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.0.len();
+        write!(f, "{count} problem{}: ", if count == 1 { "" } else { "s" })?;
+        for (index, problem) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Config text that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Not JSON, or not an object with a `cryptoconfigsets` array.
+    #[error("line {line}, column {column}: {message}")]
+    Parse {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// Valid JSON that breaks one or more rules; every problem is listed.
+    #[error("{}", ProblemList(problems))]
+    Invalid { problems: Vec<Problem> },
+}
+
+/// A config file that cannot be used. Each message starts with the path.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file cannot be read.
+    #[error("{}: cannot read the file", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not JSON, or not an object with a `cryptoconfigsets`
+    /// array.
+    #[error("{}: line {line}, column {column}: {message}", path.display())]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// The file breaks one or more rules; every problem is listed.
+    #[error("{}: {}", path.display(), ProblemList(problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+/// Parses and verifies config text (`cex_resources.json`).
+///
+/// Every rule of every set is checked and every problem is reported, not
+/// just the first. Unknown fields are not errors: they come back as
+/// warnings that name the field and where it is.
+pub fn parse(text: &str) -> Result<Loaded, ConfigError> {
+    validate::parse(text)
+}
+
+/// Reads and verifies a config file, following symlinks (a mounted
+/// ConfigMap is a farm of symlinks into a `..data` directory).
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let bytes = fs::read(path).map_err(|source| LoadError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => text,
+        Err(error) => {
+            let (line, column) = line_and_column(&bytes[..error.valid_up_to()]);
+            let message = "invalid UTF-8".to_string();
+            return Err(LoadError::Parse {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            });
+        }
+    };
+    parse(text).map_err(|error| match error {
+        ConfigError::Parse {
+            line,
+            column,
+            message,
+        } => LoadError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+        },
+        ConfigError::Invalid { problems } => LoadError::Invalid {
+            path: path.to_path_buf(),
+            problems,
+        },
+    })
+}
+
+/// Computes the 1-based line and column of the byte just after `prefix`,
+/// counting columns in bytes.
+pub(crate) fn line_and_column(prefix: &[u8]) -> (usize, usize) {
+    let line = 1 + prefix.iter().filter(|&&byte| byte == b'\n').count();
+    let line_start = prefix
+        .iter()
+        .rposition(|&byte| byte == b'\n')
+        .map_or(0, |at| at + 1);
+    (line, prefix.len() - line_start + 1)
+}
 
 /// A verified configuration: the sets in file order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
