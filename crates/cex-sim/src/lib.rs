@@ -1,6 +1,5 @@
 #![forbid(unsafe_code)]
 
-pub mod fuse;
 pub mod kernel;
 pub mod kubelet;
 pub mod layout;
