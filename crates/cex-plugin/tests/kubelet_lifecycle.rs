@@ -51,11 +51,12 @@ async fn registration_sends_real_list() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overcommit_default_and_set_value() {
     let node = Node::new();
+    node.add_queue(1, 6, true);
     node.write_config(
         r#"{"cryptoconfigsets":[
           {"setname":"blue","project":"blue","apqns":[{"adapter":1,"domain":5}]},
           {"setname":"red","project":"red","overcommit":3,"apqns":[{"adapter":2,"domain":5}]},
-          {"setname":"one","project":"one","overcommit":0,"apqns":[{"adapter":1,"domain":5}]}]}"#,
+          {"setname":"one","project":"one","overcommit":0,"apqns":[{"adapter":1,"domain":6}]}]}"#,
     );
     let kubelet = FakeKubelet::start(node.plugin_dir())
         .await
@@ -76,7 +77,7 @@ async fn overcommit_default_and_set_value() {
     let one = first_message_of_new_stream(&kubelet, "cex.s390.ibm.com/one", 0)
         .await
         .expect("one");
-    assert_eq!(health(&one), all_healthy(&["apqn-1-5-0"]));
+    assert_eq!(health(&one), all_healthy(&["apqn-1-6-0"]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

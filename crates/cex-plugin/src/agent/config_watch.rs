@@ -10,8 +10,8 @@ use cex_config::CryptoConfig;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::config_shim::{self as config_source, LoadError};
 use crate::error_chain;
+use cex_config::{self as config_source, LoadError};
 
 /// Reads the config at start-up; `None` when it cannot be used.
 pub(crate) fn initial_config(path: &Path) -> Option<Arc<CryptoConfig>> {

@@ -14,7 +14,6 @@
 //! bus appears. On a mixed cluster the DaemonSet can then run on every
 //! node without crash loops.
 
-mod config_shim;
 mod config_watch;
 mod planner;
 mod scanner;
