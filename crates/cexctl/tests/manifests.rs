@@ -763,75 +763,27 @@ fn sample_config_holds_two_valid_sets() {
     let text = data
         .get(CRYPTO_CONFIG_KEY)
         .expect("ConfigMap has cex_resources.json");
-    // NOTE: checks the SPEC rules by hand; switch to the cex-config
-    // crate's parser once it exposes one.
-    let config: serde_json::Value = serde_json::from_str(text).expect("sample config is JSON");
-    let sets = config["cryptoconfigsets"]
-        .as_array()
-        .expect("cryptoconfigsets is a list");
-    assert_eq!(sets.len(), 2);
-    let mut seen_apqns = Vec::new();
-    for set in sets {
-        check_sample_set(set, &mut seen_apqns);
+    let loaded = cex_config::parse(text).unwrap_or_else(|err| panic!("sample config: {err}"));
+    assert_eq!(loaded.warnings, Vec::<String>::new(), "no unknown fields");
+    let names: Vec<&str> = loaded
+        .config
+        .sets
+        .iter()
+        .map(|set| set.setname.as_str())
+        .collect();
+    assert_eq!(names, ["CCA_for_customer_1", "EP11_for_customer_2"]);
+    for set in &loaded.config.sets {
+        assert!(!set.apqns.is_empty(), "set {} lists APQNs", set.setname);
     }
-    assert_ne!(
-        sets[0]["setname"], sets[1]["setname"],
-        "set names are unique"
-    );
 }
 
-fn check_sample_set(set: &serde_json::Value, seen_apqns: &mut Vec<(u64, u64)>) {
-    let name = set["setname"].as_str().expect("setname is a string");
-    let name_ok = (1..=63).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    assert!(
-        name_ok,
-        "setname {name:?} is not a valid resource name part"
-    );
-    assert!(
-        !set["project"].as_str().unwrap_or_default().is_empty(),
-        "set {name} has a project"
-    );
-    let known = [
-        "setname",
-        "project",
-        "cexmode",
-        "mincexgen",
-        "overcommit",
-        "livesysfs",
-        "apqns",
-    ];
-    for field in set.as_object().expect("set is an object").keys() {
-        assert!(
-            known.contains(&field.as_str()),
-            "set {name} has unknown field {field}"
-        );
-    }
-    if let Some(mode) = set.get("cexmode") {
-        assert!(
-            ["ep11", "cca", "accel"].contains(&mode.as_str().unwrap_or_default()),
-            "cexmode of {name}"
-        );
-    }
-    for apqn in set["apqns"].as_array().expect("apqns is a list") {
-        let adapter = apqn["adapter"]
-            .as_u64()
-            .filter(|a| *a <= 255)
-            .expect("adapter 0-255");
-        let domain = apqn["domain"]
-            .as_u64()
-            .filter(|d| *d <= 255)
-            .expect("domain 0-255");
-        assert!(
-            !seen_apqns.contains(&(adapter, domain)),
-            "APQN {adapter}.{domain} listed twice"
-        );
-        seen_apqns.push((adapter, domain));
-    }
+#[test]
+fn sample_config_file_loads() {
+    let path = repo_root()
+        .join("deploy/crypto-config")
+        .join(CRYPTO_CONFIG_KEY);
+    let loaded = cex_config::load(&path).unwrap_or_else(|err| panic!("{err}"));
+    assert_eq!(loaded.config.sets.len(), 2);
 }
 
 #[test]
