@@ -27,12 +27,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Show the node's APQNs with their state and config sets.
+    Inventory(commands::inventory::InventoryArgs),
     /// Print or apply ResourceQuotas that keep namespaces off other
     /// projects' config sets.
     Quotas(commands::quotas::QuotasArgs),
     /// Run a simulated IBM Z node.
     #[command(subcommand)]
     Sim(commands::sim::SimCommand),
+    /// Check a config file (cex_resources.json) and summarize its sets.
+    Validate(commands::validate::ValidateArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,8 +54,10 @@ fn main() -> ExitCode {
         .init();
 
     let result = match &cli.command {
+        Command::Inventory(args) => commands::inventory::run(args),
         Command::Quotas(args) => run_async(commands::quotas::run(args)),
         Command::Sim(command) => commands::sim::run(command),
+        Command::Validate(args) => commands::validate::run(args),
     };
     match result {
         Ok(code) => code,

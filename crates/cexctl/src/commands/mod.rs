@@ -1,4 +1,6 @@
 //! The subcommands of `cexctl`, one file each.
 
+pub mod inventory;
 pub mod quotas;
 pub mod sim;
+pub mod validate;
