@@ -27,6 +27,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the node agent (`cex-plugin`) in this process; every argument
+    /// goes to the agent. Used by `demo`.
+    #[command(hide = true)]
+    Agent(commands::agent::AgentArgs),
+    /// Run the whole product on a simulated node: sets, allocation, hot
+    /// plug, config changes, cleanup, each step timed and checked.
+    Demo(commands::demo::DemoArgs),
     /// Show the node's APQNs with their state and config sets.
     Inventory(commands::inventory::InventoryArgs),
     /// Print or apply ResourceQuotas that keep namespaces off other
@@ -41,6 +48,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The agent sets up its own logging.
+    if let Command::Agent(args) = &cli.command {
+        return commands::agent::run(args);
+    }
     let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|error| {
         eprintln!(
             "cexctl: invalid --log filter {:?} ({error}), using \"warn\"",
@@ -54,6 +65,9 @@ fn main() -> ExitCode {
         .init();
 
     let result = match &cli.command {
+        // Run above, before this process's logging is set up.
+        Command::Agent(args) => Ok(commands::agent::run(args)),
+        Command::Demo(args) => commands::demo::run(args),
         Command::Inventory(args) => commands::inventory::run(args),
         Command::Quotas(args) => run_async(commands::quotas::run(args)),
         Command::Sim(command) => commands::sim::run(command),

@@ -1,5 +1,7 @@
 //! The subcommands of `cexctl`, one file each.
 
+pub mod agent;
+pub mod demo;
 pub mod inventory;
 pub mod quotas;
 pub mod sim;
