@@ -247,7 +247,7 @@ fn write_bus_attributes(machine: &Machine, bus_dir: &Path, write: Write) -> Resu
 }
 
 /// `<bound>/<queues>`, with ` (complete)` once every queue has a driver.
-fn bindings_text(machine: &Machine) -> String {
+pub(crate) fn bindings_text(machine: &Machine) -> String {
     let queues = machine.cards.iter().flat_map(|card| card.queues.iter());
     let total = queues.clone().count();
     let bound = queues.filter(|queue| queue.driver.is_some()).count();

@@ -1,5 +1,6 @@
 #![forbid(unsafe_code)]
 
+pub mod fuse;
 pub mod kernel;
 pub mod kubelet;
 pub mod layout;
