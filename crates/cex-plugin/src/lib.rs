@@ -8,6 +8,7 @@ pub mod agent;
 pub mod allocate;
 pub mod devices;
 pub mod kubelet;
+pub mod metrics;
 pub mod settings;
 pub mod surveillance;
 

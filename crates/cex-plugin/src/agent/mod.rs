@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::allocate::{Allocator, AllocatorOptions};
 use crate::devices::{SetDefaults, SetSnapshot};
 use crate::kubelet::{self, DirWatcher, PluginContext, RegistrationStats, WatchError};
+use crate::metrics::{self, Metrics};
 use crate::settings::Settings;
 use planner::Planner;
 
@@ -42,6 +43,9 @@ pub enum AgentError {
     /// The kubelet device-plugin directory cannot be watched.
     #[error(transparent)]
     Watch(#[from] WatchError),
+    /// The metrics listener cannot be bound.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::ServeError),
 }
 
 /// Requests to act before the next interval.
@@ -63,6 +67,8 @@ pub struct AgentHandles {
     pub stats: Arc<RegistrationStats>,
     /// The allocation path shared by every set's server.
     pub allocator: Arc<Allocator>,
+    /// The event-driven metrics (allocations, scans, config changes).
+    pub metrics: Metrics,
 }
 
 /// An agent after start-up, ready to run.
@@ -87,7 +93,9 @@ impl Agent {
             env!("CARGO_PKG_VERSION")
         );
         let machine_id = read_machine_id(&settings);
-        let mut scanner = scanner::Scanner::new(settings.paths.ap_devices_dir.clone());
+        let metrics = Metrics::new(&settings.node_name);
+        let mut scanner = scanner::Scanner::new(settings.paths.ap_devices_dir.clone())
+            .with_metrics(metrics.scans());
         let inventory = scanner.scan_and_log();
         let config = config_watch::initial_config(&settings.paths.config_file);
         let defaults = SetDefaults {
@@ -112,6 +120,7 @@ impl Agent {
                 settings.paths.node_paths(),
                 AllocatorOptions::default(),
             )),
+            metrics,
         };
         Agent {
             settings,
@@ -133,12 +142,18 @@ impl Agent {
     /// removes their sockets.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), AgentError> {
         let watcher = DirWatcher::start(&self.settings.paths.device_plugin_dir)?;
+        let metrics_listener = match self.settings.metrics_listen {
+            Some(addr) => Some(metrics::listen(addr).await?),
+            None => None,
+        };
         let context = PluginContext {
             dir: self.settings.paths.device_plugin_dir.clone(),
             snapshots: self.handles.snapshots.clone(),
             allocator: Arc::clone(&self.handles.allocator),
             stats: Arc::clone(&self.handles.stats),
+            metrics: self.handles.metrics.clone(),
         };
+        let liveness = metrics::Liveness::new(&self.handles);
         let tasks = TaskTracker::new();
         tasks.spawn(scanner::run_rescans(
             self.scanner,
@@ -160,6 +175,19 @@ impl Agent {
             self.handles.config.clone(),
         )
         .with_inventory(self.handles.inventory.clone());
+        liveness.watch_channel("pod lister", pod_lister.usage());
+        if let Some(listener) = metrics_listener {
+            let sources = metrics::Sources::new(
+                &self.handles,
+                &self.settings.paths,
+                pod_lister.usage(),
+                pod_lister.stats(),
+                self.planner.machine_id().to_string(),
+            );
+            let task =
+                metrics::MetricsTask::new(listener, &self.handles, sources, liveness.clone());
+            tasks.spawn(task.run(cancel.clone()));
+        }
         tasks.spawn(pod_lister.run(cancel.clone()));
         tasks.spawn(run_planner(
             self.planner,
@@ -168,10 +196,9 @@ impl Agent {
             self.snapshots,
             cancel.clone(),
         ));
-        tasks.spawn(kubelet::run_plugin_manager(
-            context,
-            watcher,
-            cancel.clone(),
+        tasks.spawn(liveness.track(
+            "plug-in manager",
+            kubelet::run_plugin_manager(context, watcher, cancel.clone()),
         ));
         tasks.close();
         tasks.wait().await;

@@ -11,6 +11,7 @@ use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::error_chain;
+use crate::metrics::ScanMetrics;
 
 /// Scans the AP devices directory and remembers what it logged last.
 pub(crate) struct Scanner {
@@ -19,6 +20,7 @@ pub(crate) struct Scanner {
     bus_present: Option<bool>,
     problems: Vec<ScanProblem>,
     last: Option<Inventory>,
+    metrics: Option<ScanMetrics>,
 }
 
 impl Scanner {
@@ -28,12 +30,20 @@ impl Scanner {
             bus_present: None,
             problems: Vec::new(),
             last: None,
+            metrics: None,
         }
+    }
+
+    /// Also records each scan's duration and outcome in `metrics`.
+    pub(crate) fn with_metrics(mut self, metrics: ScanMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Scans once and logs what changed since the previous scan. A node
     /// without an AP bus yields an empty inventory.
     pub(crate) fn scan_and_log(&mut self) -> Inventory {
+        let started = std::time::Instant::now();
         let inventory = match cex_ap::scan::scan(&self.devices_dir) {
             Ok(report) => {
                 if self.bus_present != Some(true) && self.bus_present.is_some() {
@@ -63,6 +73,10 @@ impl Scanner {
                 inventory.queues.len()
             );
             self.last = Some(inventory.clone());
+        }
+        if let Some(metrics) = &self.metrics {
+            let present = self.bus_present == Some(true);
+            metrics.observe(started.elapsed(), present, self.problems.len());
         }
         inventory
     }

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::agent::Snapshots;
 use crate::allocate::Allocator;
+use crate::metrics::Metrics;
 
 pub use manager::run_plugin_manager;
 pub use stats::{RegistrationStats, SetCounters};
@@ -38,6 +39,8 @@ pub struct PluginContext {
     pub snapshots: watch::Receiver<Arc<Snapshots>>,
     pub allocator: Arc<Allocator>,
     pub stats: Arc<RegistrationStats>,
+    /// Allocate requests, latency and errors per set.
+    pub metrics: Metrics,
 }
 
 /// Returns the socket file name of set `set`: `cex-<set>.sock`.

@@ -81,6 +81,9 @@ impl SetRunner {
                 Ok(mut generation) => {
                     let stop = self.register_and_watch(&mut generation, &socket_name).await;
                     generation.stop(&self.set).await;
+                    self.context
+                        .stats
+                        .update(&self.set, |counters| counters.registered = false);
                     stop
                 }
                 Err(error) => {
@@ -139,9 +142,10 @@ impl SetRunner {
                 result = register(&self.context.dir, socket_name, &resource) => result,
             };
             if let Err(error) = result {
-                self.context
-                    .stats
-                    .update(&self.set, |counters| counters.registration_failures += 1);
+                self.context.stats.update(&self.set, |counters| {
+                    counters.registration_failures += 1;
+                    counters.registered = false;
+                });
                 let delay = retries.next_delay();
                 tracing::warn!(set = %self.set, attempt, ?delay, error = %error_chain(&error), "Plugin['{}']: registration with the kubelet failed, retrying", self.set);
                 match self.wait_before_retry(delay, generation).await {
@@ -149,15 +153,19 @@ impl SetRunner {
                     None => continue,
                 }
             }
-            self.context
-                .stats
-                .update(&self.set, |counters| counters.registrations += 1);
+            self.context.stats.update(&self.set, |counters| {
+                counters.registrations += 1;
+                counters.registered = true;
+            });
             tracing::info!(set = %self.set, attempt, elapsed = ?started.elapsed(), "Plugin['{}']: registered with the kubelet", self.set);
             attempt = 0;
             retries.reset();
             match self.watch(generation, kubelet).await {
                 Watched::Stop(stop) => return stop,
                 Watched::StreamEnded => {
+                    self.context
+                        .stats
+                        .update(&self.set, |counters| counters.registered = false);
                     // A restarting kubelet also ends the stream; give its
                     // socket changes a moment to show, so a restart is
                     // handled as one and not as a stream end plus a restart.

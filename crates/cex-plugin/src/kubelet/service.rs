@@ -208,12 +208,21 @@ impl DevicePlugin for DevicePluginService {
         &self,
         request: Request<AllocateRequest>,
     ) -> Result<Response<AllocateResponse>, Status> {
-        let snapshot = self.snapshot().ok_or_else(|| set_gone(&self.set))?;
+        let started = std::time::Instant::now();
+        let result = match self.snapshot() {
+            Some(snapshot) => {
+                self.context
+                    .allocator
+                    .allocate(&snapshot, request.into_inner())
+                    .await
+            }
+            None => Err(set_gone(&self.set)),
+        };
+        let error = result.as_ref().err().map(Status::code);
         self.context
-            .allocator
-            .allocate(&snapshot, request.into_inner())
-            .await
-            .map(Response::new)
+            .metrics
+            .observe_allocation(&self.set, started.elapsed(), error);
+        result.map(Response::new)
     }
 
     async fn pre_start_container(

@@ -16,6 +16,8 @@ pub struct SetCounters {
     pub stream_recoveries: u64,
     /// Server restarts after a kubelet restart or a removed socket.
     pub restarts: u64,
+    /// Whether the set is registered with the running kubelet now.
+    pub registered: bool,
 }
 
 /// Registration counters of every set served since start.
