@@ -25,7 +25,8 @@
 //!
 //! `/dev` nodes are character devices on a `nodev` mount, so they can be
 //! stat'ed and chmod'ed but not opened. [`FuseControl`] injects faults:
-//! failing creates, late `/dev` nodes, vanishing devices, state flips.
+//! failing creates and mask writes, late `/dev` nodes, vanishing devices,
+//! state flips.
 
 mod faults;
 mod fs;
@@ -120,6 +121,7 @@ impl FuseNode {
             machine,
             nodes: BTreeMap::new(),
             create_faults: Default::default(),
+            mask_write_faults: Default::default(),
             dev_node_delay: None,
         }));
         let filesystem = fs::NodeFs::new(Arc::clone(&sim));
@@ -207,6 +209,12 @@ impl FuseControl {
     /// queue up, and each one applies to one write.
     pub fn fail_next_create(&self, fault: CreateFault) {
         self.sim().create_faults.push_back(fault);
+    }
+
+    /// Makes the next write to any zcrypt node mask file fail with
+    /// `errno`, leaving the mask unchanged.
+    pub fn fail_next_mask_write(&self, errno: i32) {
+        self.sim().mask_write_faults.push_back(errno);
     }
 
     /// Delays `/dev/<name>` of every following create by `delay`, as a

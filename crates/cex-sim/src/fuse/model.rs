@@ -104,6 +104,8 @@ pub(crate) struct Sim {
     pub machine: Machine,
     pub nodes: BTreeMap<String, ZNode>,
     pub create_faults: VecDeque<CreateFault>,
+    /// Errnos for the next writes to zcrypt node mask files, one each.
+    pub mask_write_faults: VecDeque<i32>,
     pub dev_node_delay: Option<Duration>,
 }
 
@@ -260,6 +262,9 @@ impl Sim {
             Attr::Create => self.create(data),
             Attr::Destroy => self.destroy(data),
             Attr::NodeMask(name, mask) => {
+                if let Some(errno) = self.mask_write_faults.pop_front() {
+                    return Err(Errno::from_i32(errno));
+                }
                 let node = self.nodes.get_mut(name).ok_or(Errno::ENODEV)?;
                 let slot = &mut node.masks[*mask as usize];
                 *slot = parse_mask(data, slot)?;
