@@ -17,6 +17,7 @@
 mod config_watch;
 mod planner;
 mod scanner;
+mod uevents;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -160,6 +161,16 @@ impl Agent {
             self.inventory,
             self.settings.apqn_check_interval,
             Arc::clone(&self.handles.triggers.rescan),
+            cancel.clone(),
+        ));
+        tasks.spawn(uevents::run_uevents(
+            Arc::clone(&self.handles.triggers.rescan),
+            cancel.clone(),
+        ));
+        tasks.spawn(config_watch::run_file_watch(
+            self.settings.paths.config_file.clone(),
+            Arc::clone(&self.handles.triggers.reload),
+            self.settings.config_check_interval,
             cancel.clone(),
         ));
         tasks.spawn(config_watch::run_reloads(
