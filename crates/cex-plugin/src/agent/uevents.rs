@@ -50,6 +50,8 @@ pub(crate) trait MessageSource {
 }
 
 /// The kernel's uevent netlink socket.
+// NOTE: tests bind this socket but feed AP events through a datagram
+// socket only, because no test machine has an AP bus that sends them.
 struct KernelSocket(TokioSocket);
 
 impl KernelSocket {
