@@ -2,12 +2,16 @@
 //!
 //! `sim node` lays a built-in machine (or a description file) out as a
 //! node root and runs the fake kernel that serves zcrypt node creation
-//! until Ctrl-C or SIGTERM. `sim machines` lists the built-in machines.
+//! until Ctrl-C or SIGTERM. With `--fuse` it serves the machine through
+//! FUSE instead, so that every write reaches a kernel-like `store` and
+//! its errno reaches the writer. `sim machines` lists the built-in
+//! machines.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context as _};
+use cex_sim::fuse::FuseNode;
 use cex_sim::kernel::FakeKernel;
 use cex_sim::layout::lay_out;
 use cex_sim::machines::{self, Machine};
@@ -16,7 +20,8 @@ use clap::builder::{PossibleValue, PossibleValuesParser};
 /// Subcommands of `cexctl sim`.
 #[derive(Debug, clap::Subcommand)]
 pub enum SimCommand {
-    /// Lay out a simulated node and run its fake kernel until Ctrl-C.
+    /// Lay out a simulated node and run its fake kernel, or serve it
+    /// through FUSE, until Ctrl-C.
     Node(NodeArgs),
     /// List the built-in machines with their summaries.
     Machines,
@@ -46,6 +51,11 @@ pub struct NodeArgs {
     /// Lay the node out and exit without running the fake kernel.
     #[arg(long)]
     pub once: bool,
+
+    /// Serve the node through FUSE at DIR until Ctrl-C, instead of laying
+    /// out plain files and running the fake kernel.
+    #[arg(long, conflicts_with = "once")]
+    pub fuse: bool,
 
     /// Remove DIR/sys, DIR/dev and DIR/proc of an earlier node first.
     #[arg(long)]
@@ -129,6 +139,9 @@ fn run_node(args: &NodeArgs) -> anyhow::Result<ExitCode> {
     if args.force {
         clear_root(&args.root)?;
     }
+    if args.fuse {
+        return run_fuse_node(machine, &args.root);
+    }
     let started = std::time::Instant::now();
     lay_out(&machine, &args.root)
         .with_context(|| format!("cannot lay out machine {:?}", machine.name))?;
@@ -161,6 +174,31 @@ fn run_node(args: &NodeArgs) -> anyhow::Result<ExitCode> {
     wait_for_shutdown_signal()?;
     running.stop();
     println!("fake kernel stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serves `machine` through FUSE at `root` until SIGINT or SIGTERM, then
+/// unmounts.
+fn run_fuse_node(machine: Machine, root: &Path) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(root)
+        .with_context(|| format!("cannot create the mount point {}", root.display()))?;
+    let summary = format!(
+        "node {} (machine id {}, {} APQNs)",
+        machine.name,
+        machine.machine_id(),
+        machine.apqn_count()
+    );
+    let node = FuseNode::mount(machine, root)
+        .with_context(|| format!("cannot serve the node through FUSE at {}", root.display()))?;
+    println!(
+        "{summary} served through FUSE at {}; press Ctrl-C to stop",
+        root.display()
+    );
+    let waited = wait_for_shutdown_signal();
+    node.unmount()
+        .with_context(|| format!("cannot unmount {}", root.display()))?;
+    waited?;
+    println!("FUSE node unmounted from {}", root.display());
     Ok(ExitCode::SUCCESS)
 }
 
