@@ -30,3 +30,7 @@ pub mod podresources {
 }
 
 pub mod uds;
+
+/// The protobuf runtime of the generated types, for `encoded_len` and
+/// the `Message` trait without a direct dependency.
+pub use prost;

@@ -2,6 +2,8 @@
 
 use cex_ap::{Apqn, CexMode, DeviceId, Inventory};
 use cex_config::{ConfigApqn, ConfigSet};
+use cex_kubelet_api::deviceplugin::v1beta1::{Device, UNHEALTHY};
+use cex_kubelet_api::prost;
 
 use crate::settings::MAX_OVERCOMMIT;
 
@@ -80,7 +82,9 @@ pub struct Exclusion {
 /// check-stopped APQN stays listed as Unhealthy, so containers holding
 /// it keep their accounting. An APQN that vanished from the bus is no
 /// longer announced at all: the kubelet then drops its capacity, and the
-/// ids come back when the APQN is plugged in again.
+/// ids come back when the APQN is plugged in again. When the list would
+/// not fit in one kubelet message, every APQN gets fewer ids (see
+/// [`fitting_overcommit`]) and a warning names the set and both counts.
 pub fn derive_set_devices(
     set: &ConfigSet,
     inventory: &Inventory,
@@ -91,16 +95,34 @@ pub fn derive_set_devices(
         .overcommit
         .unwrap_or(defaults.overcommit)
         .clamp(1, MAX_OVERCOMMIT);
-    let mut devices = Vec::new();
+    let mut announced = Vec::new();
     let mut exclusions = Vec::new();
     for entry in &set.apqns {
         let apqn = entry.apqn();
-        if let Err(reason) = check_entry(set, entry, inventory, machine_id) {
-            exclusions.push(Exclusion { apqn, reason });
-            continue;
+        match check_entry(set, entry, inventory, machine_id) {
+            Ok(()) => announced.push(apqn),
+            Err(reason) => exclusions.push(Exclusion { apqn, reason }),
         }
+    }
+    announced.sort();
+    announced.dedup();
+    let slots = fitting_overcommit(&announced, overcommit);
+    if slots < overcommit {
+        tracing::warn!(
+            set = %set.setname,
+            requested = overcommit,
+            announced = slots,
+            apqns = announced.len(),
+            "Plugin['{}']: overcommit {overcommit} for {} APQNs would exceed the kubelet's {} byte ListAndWatch message limit, announcing {slots} devices per APQN",
+            set.setname,
+            announced.len(),
+            KUBELET_MAX_MESSAGE_BYTES
+        );
+    }
+    let mut devices = Vec::with_capacity(announced.len() * slots as usize);
+    for &apqn in &announced {
         let healthy = inventory.is_usable(apqn);
-        for index in 0..overcommit {
+        for index in 0..slots {
             devices.push(PluginDevice {
                 id: DeviceId::new(apqn, index),
                 healthy,
@@ -129,6 +151,48 @@ pub fn derive_snapshot(
         devices,
     };
     (snapshot, exclusions)
+}
+
+/// The kubelet's limit on one received gRPC message. The kubelet reads
+/// ListAndWatch through a grpc-go client, whose default limit is 4 MiB.
+pub const KUBELET_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The size a set's ListAndWatch message may reach: the kubelet's limit
+/// less a margin for the gRPC frame header and later protocol fields.
+pub const LIST_MESSAGE_BUDGET_BYTES: usize = KUBELET_MAX_MESSAGE_BYTES - 256 * 1024;
+
+/// Returns the largest number of devices per APQN, at most `overcommit`
+/// and at least 1, whose ListAndWatch message for `apqns` stays within
+/// [`LIST_MESSAGE_BUDGET_BYTES`].
+///
+/// Every device is sized with the longer health value `Unhealthy`, so a
+/// health change cannot push a list over the budget. One device per
+/// APQN always fits: 65,536 APQNs take at most about 2 MiB.
+pub fn fitting_overcommit(apqns: &[Apqn], overcommit: u32) -> u32 {
+    let longest = listed_device_len(DeviceId::new(Apqn::new(255, 255), MAX_OVERCOMMIT - 1));
+    if apqns.len() * overcommit as usize * longest <= LIST_MESSAGE_BUDGET_BYTES {
+        return overcommit;
+    }
+    let mut total = 0;
+    for index in 0..overcommit {
+        for &apqn in apqns {
+            total += listed_device_len(DeviceId::new(apqn, index));
+        }
+        if total > LIST_MESSAGE_BUDGET_BYTES {
+            return index.max(1);
+        }
+    }
+    overcommit
+}
+
+/// Returns the bytes one device adds to an encoded ListAndWatchResponse.
+pub fn listed_device_len(id: DeviceId) -> usize {
+    let device = Device {
+        id: id.to_string(),
+        health: UNHEALTHY.to_string(),
+        topology: None,
+    };
+    prost::encoding::message::encoded_len(1, &device)
 }
 
 fn check_entry(
@@ -192,7 +256,7 @@ pub fn format_devices(devices: &[PluginDevice]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
+    use std::collections::{BTreeMap, BTreeSet};
 
     use cex_ap::{Card, Queue};
     use cex_config::ConfigApqn;
@@ -373,6 +437,73 @@ mod tests {
         let (devices, exclusions) = derive_set_devices(&set, &inventory, MACHINE, &DEFAULTS);
         assert!(devices.is_empty());
         assert_eq!(exclusions[0].reason, ExclusionReason::UnknownCardType);
+    }
+
+    /// 64 adapters with 85 domains each, all online.
+    fn large_inventory() -> Inventory {
+        let mut inventory = Inventory::default();
+        for adapter in 0..64 {
+            inventory.cards.insert(adapter, card(adapter, "CEX8P"));
+            for domain in 0..85 {
+                inventory
+                    .queues
+                    .insert(Apqn::new(adapter, domain), queue(adapter, domain, true));
+            }
+        }
+        inventory
+    }
+
+    fn list_message_len(devices: &[PluginDevice]) -> usize {
+        use cex_kubelet_api::deviceplugin::v1beta1::ListAndWatchResponse;
+        use prost::Message as _;
+
+        let devices = devices
+            .iter()
+            .map(|device| Device {
+                id: device.id.to_string(),
+                health: if device.healthy { "Healthy" } else { UNHEALTHY }.to_string(),
+                topology: None,
+            })
+            .collect();
+        ListAndWatchResponse { devices }.encoded_len()
+    }
+
+    #[test]
+    fn oversized_list_is_capped_per_apqn() {
+        let inventory = large_inventory();
+        let entries = inventory
+            .queues
+            .keys()
+            .map(|apqn| entry(apqn.adapter, apqn.domain, ""))
+            .collect();
+        let mut set = set(entries);
+        set.overcommit = Some(100);
+        let (devices, _) = derive_set_devices(&set, &inventory, MACHINE, &DEFAULTS);
+
+        let apqns: BTreeSet<Apqn> = devices.iter().map(|device| device.id.apqn).collect();
+        assert_eq!(apqns.len(), 64 * 85);
+        let slots = devices.len() / apqns.len();
+        assert!(
+            slots > 1,
+            "expected more than 1 device per APQN, got {slots}"
+        );
+        assert!(
+            slots < 100,
+            "expected fewer than 100 devices per APQN, got {slots}"
+        );
+        assert_eq!(devices.len(), slots * apqns.len());
+        assert!(list_message_len(&devices) <= LIST_MESSAGE_BUDGET_BYTES);
+
+        set.overcommit = Some(slots as u32 + 1);
+        let (more, _) = derive_set_devices(&set, &inventory, MACHINE, &DEFAULTS);
+        assert_eq!(more.len(), devices.len(), "one slot more must not fit");
+    }
+
+    #[test]
+    fn fitting_overcommit_keeps_small_sets() {
+        let apqns: Vec<Apqn> = (0..85).map(|domain| Apqn::new(1, domain)).collect();
+        assert_eq!(fitting_overcommit(&apqns, 100), 100);
+        assert_eq!(fitting_overcommit(&[], 100), 100);
     }
 
     #[test]
