@@ -29,11 +29,11 @@ fn run_demo(args: &[&str]) -> (Output, Value) {
     (output, summary)
 }
 
-fn step<'a>(summary: &'a Value, number: usize) -> &'a Value {
+fn step(summary: &Value, number: usize) -> &Value {
     &summary["steps"][number - 1]
 }
 
-fn facts<'a>(summary: &'a Value, number: usize) -> &'a Value {
+fn facts(summary: &Value, number: usize) -> &Value {
     &step(summary, number)["facts"]
 }
 
