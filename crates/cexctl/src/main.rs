@@ -28,9 +28,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the node agent (`cex-plugin`) in this process; every argument
-    /// goes to the agent. Used by `demo`.
+    /// goes to the agent. Used by `demo` and `bench`.
     #[command(hide = true)]
     Agent(commands::agent::AgentArgs),
+    /// Measure the agent on simulated nodes and write the results page
+    /// (docs/benchmarks.md).
+    Bench(commands::bench::BenchArgs),
     /// Run the whole product on a simulated node: sets, allocation, hot
     /// plug, config changes, cleanup, each step timed and checked.
     Demo(commands::demo::DemoArgs),
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         // Run above, before this process's logging is set up.
         Command::Agent(args) => Ok(commands::agent::run(args)),
+        Command::Bench(args) => commands::bench::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Inventory(args) => commands::inventory::run(args),
         Command::Quotas(args) => run_async(commands::quotas::run(args)),
