@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use cex_sim::kubelet::FakeKubelet;
-use cex_sim::machines::Machine;
 use tokio::task::JoinSet;
 
 use super::agent::{Agent, FAST_INTERVALS};
@@ -19,6 +18,10 @@ use super::Plan;
 /// Calls in flight in the concurrent runs, as on a node starting many
 /// pods at once.
 pub const CONCURRENCY: usize = 64;
+
+/// The zcrypt nodes a node can hold: the kernel's 256 minor numbers
+/// (`ZCRYPT_MAX_MINOR_NODES`), a limit the fake kernel keeps too.
+const MAX_ZCRYPT_NODES: usize = cex_sim::kernel::MAX_MINORS as usize;
 
 /// A valid device id that no benchmark set announces.
 const UNANNOUNCED_ID: &str = "apqn-255-255-0";
@@ -67,8 +70,9 @@ pub async fn measure(machine_name: &str, plan: &Plan) -> anyhow::Result<(Vec<Fig
          `FakeKubelet::allocate`, which dials the Unix socket for each call, so every \
          sample includes a connection set-up that a real kubelet reuses. Each request \
          names a device id not allocated before, so every sample creates a zcrypt \
-         node and a shadow sysfs dir: {} sequential calls, then {} rounds of {CONCURRENCY} \
-         calls in flight. The last column is the floor of the method: {} calls \
+         node and a shadow sysfs dir: {} sequential calls on one node, and {} rounds \
+         of {CONCURRENCY} calls in flight on a second one, because a node holds at most \
+         {MAX_ZCRYPT_NODES} zcrypt nodes. The last column is the floor of the method: {} calls \
          naming an id the set does not announce, which the agent rejects before any \
          file work. Percentiles are nearest-rank.\n",
         plan.sequential_allocations, plan.concurrent_rounds, plan.sequential_allocations
@@ -77,9 +81,7 @@ pub async fn measure(machine_name: &str, plan: &Plan) -> anyhow::Result<(Vec<Fig
         .line("| node | sequential p50 | sequential p99 | 64 concurrent p50 | 64 concurrent p99 |");
     section.line("|---|---|---|---|---|");
     for variant in [Variant::Files, Variant::FilesDiskShadow, Variant::Fuse] {
-        let machine = cex_sim::machines::by_name(machine_name)
-            .with_context(|| format!("no built-in machine {machine_name:?}"))?;
-        let Some(latencies) = measure_variant(machine, variant, plan).await? else {
+        let Some(latencies) = measure_variant(machine_name, variant, plan).await? else {
             figures.push(not_measured(variant));
             section.line(format!(
                 "| {} | FUSE not available on this host | | | |",
@@ -145,11 +147,42 @@ fn not_measured(variant: Variant) -> Figure {
     }
 }
 
+/// The calls made on one fresh node and agent. Sequential and concurrent
+/// calls get a node each, because a node has at most
+/// [`MAX_ZCRYPT_NODES`] zcrypt nodes.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    /// Sequential calls, then the rejected calls.
+    Sequential,
+    Concurrent,
+}
+
 async fn measure_variant(
-    machine: Machine,
+    machine_name: &str,
     variant: Variant,
     plan: &Plan,
 ) -> anyhow::Result<Option<Latencies>> {
+    let Some(mut latencies) = on_fresh_node(machine_name, variant, plan, Phase::Sequential).await?
+    else {
+        return Ok(None);
+    };
+    let concurrent = on_fresh_node(machine_name, variant, plan, Phase::Concurrent)
+        .await?
+        .context("the node became unavailable between the two phases")?;
+    latencies.concurrent = concurrent.concurrent;
+    Ok(Some(latencies))
+}
+
+/// Lays out a node for `variant`, runs the agent and makes the calls of
+/// `phase`; `Ok(None)` when the variant cannot run on this host.
+async fn on_fresh_node(
+    machine_name: &str,
+    variant: Variant,
+    plan: &Plan,
+    phase: Phase,
+) -> anyhow::Result<Option<Latencies>> {
+    let machine = cex_sim::machines::by_name(machine_name)
+        .with_context(|| format!("no built-in machine {machine_name:?}"))?;
     let set = SetPlan {
         name: "alloc".to_string(),
         apqns: sets::online_apqns(&machine),
@@ -169,7 +202,7 @@ async fn measure_variant(
         &node.agent_paths(),
         FAST_INTERVALS,
     )?;
-    let result = run_calls(&node.kubelet, &set, plan).await;
+    let result = run_calls(&node.kubelet, &set, plan, phase).await;
     let log = agent.last_lines();
     agent.stop().await?;
     node.shut_down().await?;
@@ -185,6 +218,7 @@ async fn run_calls(
     kubelet: &Arc<FakeKubelet>,
     set: &SetPlan,
     plan: &Plan,
+    phase: Phase,
 ) -> anyhow::Result<Latencies> {
     let resource = set.resource();
     let message = sets::wait_message(kubelet, &resource, 0, REGISTER_WAIT, |message| {
@@ -197,40 +231,86 @@ async fn run_calls(
             set.device_count()
         )
     })?;
-    let mut ids = message.ids().into_iter().cycle();
+    let calls = match phase {
+        Phase::Sequential => plan.sequential_allocations,
+        Phase::Concurrent => plan.concurrent_rounds * CONCURRENCY,
+    };
+    let ids = message.ids();
+    if calls > ids.len() || calls > MAX_ZCRYPT_NODES {
+        anyhow::bail!(
+            "{calls} Allocate calls need as many new zcrypt nodes, but {resource} announces {} \
+             ids and a node holds at most {MAX_ZCRYPT_NODES} zcrypt nodes",
+            ids.len()
+        );
+    }
+    let mut latencies = Latencies {
+        sequential: Samples::default(),
+        concurrent: Samples::default(),
+        rejected: Samples::default(),
+    };
+    match phase {
+        Phase::Sequential => {
+            latencies.sequential = sequential_calls(kubelet, &resource, &ids[..calls]).await?;
+            latencies.rejected = rejected_calls(kubelet, &resource, calls).await?;
+        }
+        Phase::Concurrent => {
+            latencies.concurrent = concurrent_calls(kubelet, &resource, &ids[..calls]).await?;
+        }
+    }
+    Ok(latencies)
+}
 
-    let mut sequential = Samples::default();
-    for _ in 0..plan.sequential_allocations {
-        let id = ids.next().context("the set announces no devices")?;
+async fn sequential_calls(
+    kubelet: &FakeKubelet,
+    resource: &str,
+    ids: &[String],
+) -> anyhow::Result<Samples> {
+    let mut samples = Samples::default();
+    for id in ids {
         let started = Instant::now();
         kubelet
-            .allocate(&resource, vec![vec![id.clone()]])
+            .allocate(resource, vec![vec![id.clone()]])
             .await
             .with_context(|| format!("Allocate of {id} failed"))?;
-        sequential.push(started.elapsed());
+        samples.push(started.elapsed());
     }
+    Ok(samples)
+}
 
-    let mut rejected = Samples::default();
-    for _ in 0..plan.sequential_allocations {
+async fn rejected_calls(
+    kubelet: &FakeKubelet,
+    resource: &str,
+    count: usize,
+) -> anyhow::Result<Samples> {
+    let mut samples = Samples::default();
+    for _ in 0..count {
         let started = Instant::now();
         let result = kubelet
-            .allocate(&resource, vec![vec![UNANNOUNCED_ID.to_string()]])
+            .allocate(resource, vec![vec![UNANNOUNCED_ID.to_string()]])
             .await;
-        rejected.push(started.elapsed());
+        samples.push(started.elapsed());
         if result.is_ok() {
             anyhow::bail!(
                 "Allocate of {UNANNOUNCED_ID}, which the set does not announce, succeeded"
             );
         }
     }
+    Ok(samples)
+}
 
-    let mut concurrent = Samples::default();
-    for _ in 0..plan.concurrent_rounds {
+/// Makes the calls in rounds of [`CONCURRENCY`] calls in flight.
+async fn concurrent_calls(
+    kubelet: &Arc<FakeKubelet>,
+    resource: &str,
+    ids: &[String],
+) -> anyhow::Result<Samples> {
+    let mut samples = Samples::default();
+    for round in ids.chunks(CONCURRENCY) {
         let mut calls = JoinSet::new();
-        for _ in 0..CONCURRENCY {
-            let id = ids.next().context("the set announces no devices")?;
+        for id in round {
             let kubelet = Arc::clone(kubelet);
-            let resource = resource.clone();
+            let resource = resource.to_string();
+            let id = id.clone();
             calls.spawn(async move {
                 let started = Instant::now();
                 let result = kubelet.allocate(&resource, vec![vec![id.clone()]]).await;
@@ -240,12 +320,8 @@ async fn run_calls(
             });
         }
         while let Some(joined) = calls.join_next().await {
-            concurrent.push(joined.context("an Allocate task panicked")??);
+            samples.push(joined.context("an Allocate task panicked")??);
         }
     }
-    Ok(Latencies {
-        sequential,
-        concurrent,
-        rejected,
-    })
+    Ok(samples)
 }
