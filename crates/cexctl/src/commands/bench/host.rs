@@ -12,6 +12,8 @@ pub struct HostInfo {
     pub profile: &'static str,
     /// UTC date and time of the run, RFC 3339.
     pub date: String,
+    /// The 1, 5 and 15 minute load averages when the run started.
+    pub load_at_start: String,
 }
 
 impl HostInfo {
@@ -33,12 +35,25 @@ impl HostInfo {
                 "release"
             },
             date: utc_now(),
+            load_at_start: load_average(),
         }
     }
 
     /// Reports whether the figures come from an optimized build.
     pub fn is_release(&self) -> bool {
         self.profile == "release"
+    }
+}
+
+/// Returns the first three fields of `/proc/loadavg`: the load averages
+/// over 1, 5 and 15 minutes.
+pub fn load_average() -> String {
+    let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let fields: Vec<&str> = text.split_whitespace().take(3).collect();
+    if fields.len() == 3 {
+        fields.join(" ")
+    } else {
+        "unknown".to_string()
     }
 }
 

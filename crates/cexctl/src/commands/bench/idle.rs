@@ -1,5 +1,6 @@
 //! Resident memory and CPU time of an idle agent with 8 sets.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -32,21 +33,132 @@ struct ProcessUsage {
     cpu_ticks: u64,
 }
 
-/// Runs an agent with the default intervals on `node` for the idle
-/// window and reads its `/proc` figures.
+/// One idle window of one agent executable.
+struct IdleRun {
+    /// How the page names the executable.
+    label: String,
+    before: ProcessUsage,
+    after: ProcessUsage,
+    window: Duration,
+}
+
+/// Measures `cexctl agent` (or `--agent-binary`) idle on `node`, and also
+/// the `cex-plugin` executable beside this one when there is one, because
+/// that smaller executable is what ships.
 pub async fn measure(
     node: &BenchNode,
     sets: &[SetPlan],
     plan: &Plan,
-) -> anyhow::Result<(Figure, Section)> {
+) -> anyhow::Result<(Vec<Figure>, Section)> {
+    let mut runs = Vec::new();
+    let label = match &plan.agent_binary {
+        Some(binary) => format!("`{}`", binary.display()),
+        None => "`cexctl agent`".to_string(),
+    };
+    runs.push(measure_one(node, sets, plan, plan.agent_binary.as_deref(), label).await?);
+    let sibling = sibling_agent();
+    if let (None, Some((binary, note))) = (&plan.agent_binary, &sibling) {
+        let label = format!("`cex-plugin` binary{note}");
+        runs.push(measure_one(node, sets, plan, Some(binary), label).await?);
+    }
+
+    let figures = runs
+        .iter()
+        .map(|run| idle_figure(run, sets.len()))
+        .collect();
+    let mut section = Section::new("Idle agent: memory and CPU");
+    section.line(format!(
+        "The agent runs with every interval at its default (APQN rescan 30 s, config \
+         check 120 s, pod list 30 s, metrics 15 s) and {} registered sets. After the \
+         registrations and {} s to settle, `VmRSS`, `VmHWM` and `Threads` come from \
+         `/proc/<pid>/status`, the resident pages of the executable from \
+         `/proc/<pid>/smaps`, and CPU time (utime + stime) from `/proc/<pid>/stat` at \
+         the start and end of a {:.0} s window. `cexctl agent` runs the agent code of \
+         the `cex-plugin` binary inside the larger `cexctl` executable, so its file-backed \
+         pages are more; the `cex-plugin` binary is measured too when it is built beside \
+         `cexctl` (`cargo build --release -p cex-plugin`).\n",
+        sets.len(),
+        SETTLE.as_secs(),
+        plan.idle_window.as_secs_f64(),
+    ));
+    for run in &runs {
+        let after = &run.after;
+        section.line(format!(
+            "- {}: VmRSS {} KiB, of which RssAnon {} KiB (heap and stacks) and RssFile {} \
+             KiB (mapped files, {} KiB from the executable itself); VmHWM {} KiB; {} \
+             threads; CPU time in the window {} ticks of 1/100 s",
+            run.label,
+            after.rss_kib,
+            after.anon_kib,
+            after.file_kib,
+            after.executable_kib,
+            after.hwm_kib,
+            after.threads,
+            after.cpu_ticks.saturating_sub(run.before.cpu_ticks)
+        ));
+    }
+    Ok((figures, section))
+}
+
+fn idle_figure(run: &IdleRun, set_count: usize) -> Figure {
+    let ticks = run.after.cpu_ticks.saturating_sub(run.before.cpu_ticks);
+    let cpu_seconds = ticks as f64 / TICKS_PER_SECOND;
+    Figure {
+        name: format!(
+            "idle agent, {set_count} sets, {:.0} s ({})",
+            run.window.as_secs_f64(),
+            run.label
+        ),
+        measured: format!(
+            "RSS {:.1} MiB (peak {:.1} MiB), CPU {cpu_seconds:.2} s ({:.3} %)",
+            run.after.rss_kib as f64 / 1024.0,
+            run.after.hwm_kib as f64 / 1024.0,
+            cpu_seconds / run.window.as_secs_f64() * 100.0
+        ),
+        target: "RSS <= 8 MiB".to_string(),
+        reference: "RSS 15 to 17 MiB".to_string(),
+        verdict: Verdict::from_ok(run.after.rss_kib <= 8 * 1024),
+    }
+}
+
+/// Returns the `cex-plugin` executable beside this one, with a note when
+/// it is older than this executable (built from older sources, maybe).
+fn sibling_agent() -> Option<(PathBuf, String)> {
+    let this = std::env::current_exe().ok()?;
+    let sibling = this.with_file_name("cex-plugin");
+    let sibling_modified = std::fs::metadata(&sibling).ok()?.modified().ok()?;
+    let this_modified = std::fs::metadata(&this).ok()?.modified().ok()?;
+    let note = match this_modified.duration_since(sibling_modified) {
+        Ok(older) if older > Duration::from_secs(60) => {
+            format!(
+                ", built {:.0} min before `cexctl`",
+                older.as_secs_f64() / 60.0
+            )
+        }
+        _ => String::new(),
+    };
+    Some((sibling, note))
+}
+
+/// Runs `binary` (`None`: `cexctl agent`) with the default intervals on
+/// `node` for the idle window and reads its `/proc` figures.
+async fn measure_one(
+    node: &BenchNode,
+    sets: &[SetPlan],
+    plan: &Plan,
+    binary: Option<&Path>,
+    label: String,
+) -> anyhow::Result<IdleRun> {
     let seen = sets::registration_counts(&node.kubelet, sets);
-    let agent = Agent::spawn(plan.agent_binary.as_deref(), &node.agent_paths(), &[])?;
+    let agent = Agent::spawn(binary, &node.agent_paths(), &[])?;
     let pid = agent.pid().context("the agent exited at once")?;
     let registered = sets::wait_registered(&node.kubelet, sets, &seen, REGISTER_WAIT).await;
     if registered.is_none() {
         let log = agent.last_lines();
         agent.stop().await?;
-        anyhow::bail!("the idle agent did not register every set; its last log lines:\n{log}");
+        anyhow::bail!(
+            "the idle agent {label} did not register every set; its last log lines:\n{log}"
+        );
     }
     tokio::time::sleep(SETTLE).await;
     let before = read_usage(pid);
@@ -55,60 +167,12 @@ pub async fn measure(
     let after = read_usage(pid);
     let window = opened.elapsed();
     agent.stop().await?;
-    let (before, after) = (before?, after?);
-
-    let cpu_seconds = after.cpu_ticks.saturating_sub(before.cpu_ticks) as f64 / TICKS_PER_SECOND;
-    let rss_mib = after.rss_kib as f64 / 1024.0;
-
-    let figure = Figure {
-        name: format!(
-            "idle agent, {} sets, {:.0} s",
-            sets.len(),
-            window.as_secs_f64()
-        ),
-        measured: format!(
-            "RSS {rss_mib:.1} MiB (peak {:.1} MiB), CPU {cpu_seconds:.2} s ({:.3} %)",
-            after.hwm_kib as f64 / 1024.0,
-            cpu_seconds / window.as_secs_f64() * 100.0
-        ),
-        target: "RSS <= 8 MiB".to_string(),
-        reference: "RSS 15 to 17 MiB".to_string(),
-        verdict: Verdict::from_ok(after.rss_kib <= 8 * 1024),
-    };
-
-    let mut section = Section::new("Idle agent: memory and CPU");
-    section.line(format!(
-        "The agent runs with every interval at its default (APQN rescan 30 s, config \
-         check 120 s, pod list 30 s, metrics 15 s) and {} registered sets. After the \
-         registrations and {} s to settle, `VmRSS`, `VmHWM` and `Threads` come from \
-         `/proc/<pid>/status` and CPU time (utime + stime) from `/proc/<pid>/stat` at \
-         the start and end of a {:.0} s window. The process is {}.\n",
-        sets.len(),
-        SETTLE.as_secs(),
-        window.as_secs_f64(),
-        match &plan.agent_binary {
-            Some(binary) => format!("`{}`", binary.display()),
-            None => "`cexctl agent`: the agent code of the `cex-plugin` binary inside the \
-                     larger `cexctl` executable"
-                .to_string(),
-        }
-    ));
-    section.line(format!(
-        "- VmRSS {} KiB: RssAnon {} KiB (heap and stacks) and RssFile {} KiB (mapped \
-         files), of which {} KiB from the agent's executable; VmHWM {} KiB; {} threads \
-         at the end",
-        after.rss_kib,
-        after.anon_kib,
-        after.file_kib,
-        after.executable_kib,
-        after.hwm_kib,
-        after.threads
-    ));
-    section.line(format!(
-        "- CPU time in the window: {cpu_seconds:.2} s ({} ticks of 1/100 s)",
-        after.cpu_ticks.saturating_sub(before.cpu_ticks)
-    ));
-    Ok((figure, section))
+    Ok(IdleRun {
+        label,
+        before: before?,
+        after: after?,
+        window,
+    })
 }
 
 fn read_usage(pid: u32) -> anyhow::Result<ProcessUsage> {

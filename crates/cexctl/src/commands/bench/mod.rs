@@ -161,8 +161,8 @@ async fn run_bench(quick: bool, plan: Plan) -> anyhow::Result<Report> {
     sections.extend(scale_sections);
 
     if let Some(idle) = idle {
-        let (idle_figure, idle_section) = idle?;
-        figures.push(idle_figure);
+        let (idle_figures, idle_section) = idle?;
+        figures.extend(idle_figures);
         sections.push(idle_section);
     }
     Ok(Report {
@@ -171,5 +171,6 @@ async fn run_bench(quick: bool, plan: Plan) -> anyhow::Result<Report> {
         figures,
         sections,
         elapsed: started.elapsed(),
+        load_at_end: host::load_average(),
     })
 }

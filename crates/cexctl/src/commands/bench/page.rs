@@ -73,6 +73,8 @@ pub struct Report {
     pub figures: Vec<Figure>,
     pub sections: Vec<Section>,
     pub elapsed: Duration,
+    /// The load averages when the run ended.
+    pub load_at_end: String,
 }
 
 /// The heading of the summary table.
@@ -102,7 +104,9 @@ impl Report {
             "Written by `cexctl bench`{} on simulated IBM Z nodes: the real agent \
              process against the simulated kubelet over real gRPC on Unix sockets. \
              Node trees live on `/dev/shm` (tmpfs) when present, because small-file \
-             writes on this host's ext4 disk are much slower than on sysfs.\n",
+             writes on this host's ext4 disk are much slower than on sysfs. Latencies \
+             depend on what else runs on the host: the load averages below show how busy \
+             it was.\n",
             if self.quick {
                 " --quick (few samples, not for comparison)"
             } else {
@@ -117,6 +121,11 @@ impl Report {
         let _ = writeln!(page, "| build profile | {} |", host.profile);
         let _ = writeln!(page, "| date | {} |", host.date);
         let _ = writeln!(page, "| run time | {:.0} s |", self.elapsed.as_secs_f64());
+        let _ = writeln!(
+            page,
+            "| load average (1, 5, 15 min) | {} at the start, {} at the end |",
+            host.load_at_start, self.load_at_end
+        );
     }
 
     fn write_summary(&self, page: &mut String) {
@@ -153,10 +162,11 @@ impl Report {
         let _ = writeln!(page, "\n## Reproduce\n");
         let _ = writeln!(
             page,
-            "```sh\ncargo run --release -p cexctl -- bench\n```\n\n\
+            "```sh\ncargo build --release -p cex-plugin  # also measure the shipped binary\n\
+             cargo run --release -p cexctl -- bench\n```\n\n\
              This writes `docs/benchmarks.md` (`--output FILE` writes elsewhere). \
              {} Most of a full run is the 20 kubelet restarts spaced 1.6 s apart and \
-             the 60 s idle window. `--quick` takes a few samples of each figure in \
+             the 60 s idle window of each agent executable. `--quick` takes a few samples of each figure in \
              under a minute; the smoke test runs it.",
             if self.quick {
                 format!("This quick run took {:.0} s.", self.elapsed.as_secs_f64())
@@ -185,6 +195,7 @@ mod tests {
             }],
             sections: Vec::new(),
             elapsed: Duration::from_secs(3),
+            load_at_end: "0.00 0.00 0.00".to_string(),
         };
         let page = report.to_markdown();
         assert!(page.contains("| scan | 60 ms | <= 50 ms | - | **MISSED** |"));
