@@ -68,6 +68,13 @@ pub struct AllocationRecord {
     pub shadow_dir: std::path::PathBuf,
 }
 
+/// Serialises node set-up by `Allocate` (shared: allocations run side
+/// by side) with node removal by cleanup (exclusive). An `Allocate` holds
+/// it from before its first node is made until its records are written,
+/// so cleanup never removes a node that is being set up, and sees every
+/// allocation that finished before it got the lock.
+pub type SetupLock = Arc<tokio::sync::RwLock<()>>;
+
 /// A snapshot of the allocations this agent process made, by device id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allocations {
@@ -112,6 +119,7 @@ struct Inner {
     zcrypt: ZcryptNodes,
     shadow_owner: Option<u32>,
     records: Mutex<BTreeMap<DeviceId, AllocationRecord>>,
+    setup: SetupLock,
 }
 
 impl Allocator {
@@ -121,6 +129,7 @@ impl Allocator {
             paths,
             shadow_owner: options.shadow_owner,
             records: Mutex::new(BTreeMap::new()),
+            setup: SetupLock::default(),
         };
         Self {
             inner: Arc::new(inner),
@@ -140,6 +149,11 @@ impl Allocator {
             Some(owner) => ShadowBase::open_owned_by(base, owner),
             None => ShadowBase::open(base),
         }
+    }
+
+    /// Returns the lock that cleanup takes exclusively around removals.
+    pub fn setup_lock(&self) -> SetupLock {
+        Arc::clone(&self.inner.setup)
     }
 
     /// Takes a snapshot of the allocations made by this process.
@@ -164,6 +178,7 @@ impl Allocator {
         request: AllocateRequest,
     ) -> Result<AllocateResponse, Status> {
         let ids = check_request(set, &request)?;
+        let _setting_up = self.inner.setup.read().await;
         let variant = if set.live_sysfs {
             SysfsVariant::Live
         } else {

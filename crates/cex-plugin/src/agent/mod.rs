@@ -185,7 +185,8 @@ impl Agent {
             self.planner.machine_id().to_string(),
             self.handles.config.clone(),
         )
-        .with_inventory(self.handles.inventory.clone());
+        .with_inventory(self.handles.inventory.clone())
+        .with_allocations(self.handles.allocator.clone());
         liveness.watch_channel("pod lister", pod_lister.usage());
         if let Some(listener) = metrics_listener {
             let sources = metrics::Sources::new(

@@ -169,6 +169,12 @@ pub trait AllocationLog: Send + Sync {
 
     /// Drops the record of `device` once its node and dir are gone.
     fn forget(&self, device: &DeviceId);
+
+    /// Returns the lock that allocations hold shared while they set up
+    /// nodes; cleanup holds it exclusively while it removes any.
+    fn setup_lock(&self) -> Option<crate::allocate::SetupLock> {
+        None
+    }
 }
 
 impl AllocationLog for crate::allocate::Allocator {
@@ -182,6 +188,10 @@ impl AllocationLog for crate::allocate::Allocator {
 
     fn forget(&self, device: &DeviceId) {
         crate::allocate::Allocator::forget(self, device);
+    }
+
+    fn setup_lock(&self) -> Option<crate::allocate::SetupLock> {
+        Some(crate::allocate::Allocator::setup_lock(self))
     }
 }
 
@@ -261,6 +271,8 @@ where
 
     /// Also treats each allocation in `allocations` as a fresh creation of
     /// the device's node and dir, and drops the record once both are gone.
+    /// Removals wait for allocations in progress and hold new ones off
+    /// through the log's setup lock.
     pub fn with_allocations(mut self, allocations: Arc<dyn AllocationLog>) -> Self {
         self.allocations = Some(allocations);
         self
@@ -318,6 +330,11 @@ where
                 devices_in_use = used.len(),
                 "PodLister: listed pod resources"
             );
+            let setup_lock = self.allocations.as_ref().and_then(|log| log.setup_lock());
+            let _no_setup = match setup_lock {
+                Some(lock) => Some(lock.write_owned().await),
+                None => None,
+            };
             self.collect(&used, now);
             self.usage.send_replace(Arc::new(usage));
             self.outage.succeeded(now)
@@ -341,9 +358,9 @@ where
         }
         self.cleaner.mark_used(used, now);
         // An allocation recorded after `known` was read restarts the timer.
-        // NOTE: an Allocate that reuses a device between this check and its
-        // removal still loses the node. Closing that gap needs one lock
-        // shared with the allocation path.
+        // With the allocator's setup lock held (see `pass`) no allocation
+        // runs until the removals are done, so this recheck and the removal
+        // see the same records.
         let latest_allocation = |device: &DeviceId| {
             let at = *allocations.as_ref()?.allocated_at().get(device)?;
             if known.get(device) == Some(&at) {

@@ -187,6 +187,12 @@ impl Node {
         }
     }
 
+    /// The pod-resources socket the agent of [`Node::spawn_agent`] lists
+    /// pods on; its directory does not exist until a test makes it.
+    pub fn pod_resources_socket(&self) -> PathBuf {
+        self.path("var/lib/kubelet/pod-resources/kubelet.sock")
+    }
+
     /// Names of the files in the device-plugin directory, sorted.
     pub fn plugin_dir_files(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(self.plugin_dir())
@@ -223,6 +229,19 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Counts the log lines that contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log_text()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .count()
+    }
+
+    /// Waits until a log line contains `needle`.
+    pub async fn wait_for_log(&self, needle: &str) -> bool {
+        wait_until(|| self.log_count(needle) > 0).await
     }
 
     /// CPU time (user + system) used so far, from `/proc/<pid>/stat`.
