@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 
 use cex_ap::CexMode;
 
+mod display;
+mod duplicates;
 mod summary;
 mod validate;
 
+pub use display::{quoted, truncated, Quoted, MAX_SHOWN_CHARS};
 pub use summary::summary;
 
 /// The resource name prefix; a set's resource is this plus its name.
@@ -26,6 +29,18 @@ pub const MAX_OVERCOMMIT: u32 = 100;
 /// The maximum length of a set name, so that it is a valid Kubernetes name
 /// part.
 pub const MAX_SETNAME_LEN: usize = 63;
+
+/// The maximum length of a project, the length limit of a Kubernetes
+/// namespace name.
+pub const MAX_PROJECT_LEN: usize = 63;
+
+/// The maximum length of an APQN entry's machine id. Real ids such as
+/// `IBM-3906-00000000000829E7` are about 25 characters long.
+pub const MAX_MACHINEID_LEN: usize = 64;
+
+/// The number of problems a [`ConfigError::Invalid`] message lists; the
+/// rest are counted. The `problems` field always holds every problem.
+pub const MAX_LISTED_PROBLEMS: usize = 20;
 
 /// A verified configuration and the warnings found on the way (unknown
 /// fields), which the caller logs.
@@ -54,18 +69,22 @@ impl fmt::Display for Problem {
     }
 }
 
-/// Formats problems as one line, separated by `; `.
+/// Formats problems as one line, separated by `; `, listing the first
+/// [`MAX_LISTED_PROBLEMS`] and counting the rest.
 struct ProblemList<'a>(&'a [Problem]);
 
 impl fmt::Display for ProblemList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.0.len();
         write!(f, "{count} problem{}: ", if count == 1 { "" } else { "s" })?;
-        for (index, problem) in self.0.iter().enumerate() {
+        for (index, problem) in self.0.iter().take(MAX_LISTED_PROBLEMS).enumerate() {
             if index > 0 {
                 f.write_str("; ")?;
             }
             write!(f, "{problem}")?;
+        }
+        if count > MAX_LISTED_PROBLEMS {
+            write!(f, "; and {} more", count - MAX_LISTED_PROBLEMS)?;
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::{ConfigSet, CryptoConfig};
+use crate::{quoted, ConfigSet, CryptoConfig, MAX_MACHINEID_LEN};
 
 /// Formats `config` with one line per set: name, project, mode, minimum
 /// generation, overcommit, live sysfs and the APQNs as `aa.dddd` in hex.
@@ -39,12 +39,25 @@ fn set_line(set: &ConfigSet) -> String {
         // `fmt::Write` for `String` never returns an error.
         let _ = write!(apqns, "{}", entry.apqn());
         if !entry.machineid.is_empty() {
-            let _ = write!(apqns, "@{}", entry.machineid);
+            let _ = write!(apqns, "@{}", shown_machine_id(&entry.machineid));
         }
     }
     format!(
-        "set {:?}: project {:?}, cexmode {mode}, mincexgen {generation}, overcommit {overcommit}, \
+        "set {}: project {}, cexmode {mode}, mincexgen {generation}, overcommit {overcommit}, \
          livesysfs {livesysfs}, apqns [{apqns}]",
-        set.setname, set.project
+        quoted(&set.setname),
+        quoted(&set.project)
     )
+}
+
+/// Shows a machine id as it is when it has the verified shape, else
+/// quoted and cut, so a config built in code cannot forge log lines.
+fn shown_machine_id(machineid: &str) -> String {
+    let plain =
+        machineid.len() <= MAX_MACHINEID_LEN && machineid.bytes().all(|b| b.is_ascii_graphic());
+    if plain {
+        machineid.to_string()
+    } else {
+        quoted(machineid).to_string()
+    }
 }

@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::duplicates::duplicate_keys;
 use crate::{
-    ConfigApqn, ConfigError, ConfigSet, CryptoConfig, Loaded, Problem, MAX_OVERCOMMIT,
-    MAX_SETNAME_LEN,
+    quoted, truncated, ConfigApqn, ConfigError, ConfigSet, CryptoConfig, Loaded, Problem,
+    MAX_MACHINEID_LEN, MAX_OVERCOMMIT, MAX_PROJECT_LEN, MAX_SETNAME_LEN,
 };
 use cex_ap::CexMode;
 
@@ -24,6 +25,10 @@ const SET_FIELDS: &[&str] = &[
     "apqns",
 ];
 const APQN_FIELDS: &[&str] = &["adapter", "domain", "machineid"];
+
+/// The maximum length of a parse message, because serde quotes offending
+/// values whole.
+const MAX_PARSE_MESSAGE_LEN: usize = 256;
 
 /// The oldest generation the product supports (CEX4, hwtype 10).
 const MIN_CEX_GENERATION: u32 = 4;
@@ -55,6 +60,7 @@ pub(crate) fn parse(text: &str) -> Result<Loaded, ConfigError> {
     let top: TopLevel = serde_json::from_str(text).map_err(parse_error)?;
     let mut checker = Checker::default();
     checker.warn_unknown(root_fields, TOP_LEVEL_FIELDS, "at the top level");
+    checker.report_duplicate_keys(text);
     let sets: Vec<Option<ConfigSet>> = top
         .cryptoconfigsets
         .iter()
@@ -78,10 +84,10 @@ fn parse_error(error: serde_json::Error) -> ConfigError {
     // position is reported in separate fields instead.
     let message = error.to_string();
     let suffix = format!(" at line {} column {}", error.line(), error.column());
-    let message = message
-        .strip_suffix(&suffix)
-        .unwrap_or(&message)
-        .to_string();
+    let message = truncated(
+        message.strip_suffix(&suffix).unwrap_or(&message),
+        MAX_PARSE_MESSAGE_LEN,
+    );
     ConfigError::Parse {
         line: error.line(),
         column: error.column(),
@@ -126,8 +132,27 @@ impl Checker {
             let hint = closest_field(name, known)
                 .map(|field| format!(" (did you mean {field:?}?)"))
                 .unwrap_or_default();
-            self.warnings
-                .push(format!("unknown field {name:?} {place} is ignored{hint}"));
+            self.warnings.push(format!(
+                "unknown field {} {place} is ignored{hint}",
+                quoted(name)
+            ));
+        }
+    }
+
+    /// Reports every key written twice in one object: JSON parsers keep
+    /// one of the values, so the file does not say what it means.
+    fn report_duplicate_keys(&mut self, text: &str) {
+        for duplicate in duplicate_keys(text) {
+            let location = if duplicate.path.is_empty() {
+                "top level".to_string()
+            } else {
+                truncated(&duplicate.path, MAX_PARSE_MESSAGE_LEN)
+            };
+            let message = format!(
+                "key {} appears more than once in one object",
+                quoted(&duplicate.key)
+            );
+            self.problem(&location, message);
         }
     }
 
@@ -177,11 +202,14 @@ impl Checker {
     ) -> Option<String> {
         let name = self.required_string(label, "setname", value)?;
         if let Some(rule) = setname_rule_broken(name) {
-            self.problem(label, format!("setname {name:?} {rule}"));
+            self.problem(label, format!("setname {} {rule}", quoted(name)));
             return None;
         }
         if let Some(first) = self.setnames.get(name) {
-            let message = format!("setname {name:?} is already used by cryptoconfigsets[{first}]");
+            let message = format!(
+                "setname {} is already used by cryptoconfigsets[{first}]",
+                quoted(name)
+            );
             self.problem(label, message);
             return None;
         }
@@ -193,6 +221,15 @@ impl Checker {
         let project = self.required_string(label, "project", value)?;
         if project.is_empty() {
             self.problem(label, "project must not be empty".to_string());
+            return None;
+        }
+        if !is_namespace_name(project) {
+            let message = format!(
+                "project {} is not a Kubernetes namespace name, expected 1-{MAX_PROJECT_LEN} \
+                 lowercase letters, digits and '-', starting and ending with a letter or digit",
+                quoted(project)
+            );
+            self.problem(label, message);
             return None;
         }
         Some(project.to_string())
@@ -242,7 +279,10 @@ impl Checker {
         if mode.is_none() {
             self.problem(
                 label,
-                format!("cexmode {text:?} is invalid, expected ep11, cca or accel"),
+                format!(
+                    "cexmode {} is invalid, expected ep11, cca or accel",
+                    quoted(text)
+                ),
             );
         }
         mode
@@ -253,7 +293,8 @@ impl Checker {
         let generation = parse_generation(text).filter(|&gen| gen >= MIN_CEX_GENERATION);
         if generation.is_none() {
             let message = format!(
-                "mincexgen {text:?} is invalid, expected cex4 or a later generation such as cex8"
+                "mincexgen {} is invalid, expected cex4 or a later generation such as cex8",
+                quoted(text)
             );
             self.problem(label, message);
         }
@@ -320,19 +361,38 @@ impl Checker {
         self.warn_unknown(fields, APQN_FIELDS, &format!("in {location}"));
         let adapter = self.check_id(location, "adapter", fields.get("adapter"));
         let domain = self.check_id(location, "domain", fields.get("domain"));
-        let machineid = match fields.get("machineid") {
-            None | Some(Value::Null) => Some(String::new()),
-            Some(Value::String(text)) => Some(text.clone()),
-            Some(other) => {
-                self.wrong_type(location, "machineid", "a string", other);
-                None
-            }
-        };
+        let machineid = self.check_machineid(location, fields.get("machineid"));
         Some(ConfigApqn {
             adapter: adapter?,
             domain: domain?,
             machineid: machineid?,
         })
+    }
+
+    /// Checks an optional machine id: absent, `null` or `""` match every
+    /// machine; anything else must read `<Manufacturer>-<Type>-<Sequence
+    /// Code>`.
+    fn check_machineid(&mut self, location: &str, value: Option<&Value>) -> Option<String> {
+        match value {
+            None | Some(Value::Null) => Some(String::new()),
+            Some(Value::String(text)) if text.is_empty() || is_machine_id(text) => {
+                Some(text.clone())
+            }
+            Some(Value::String(text)) => {
+                let message = format!(
+                    "machineid {} is invalid, expected <Manufacturer>-<Type>-<Sequence Code> \
+                     such as \"IBM-3906-00000000000829E7\": up to {MAX_MACHINEID_LEN} printable \
+                     characters without spaces",
+                    quoted(text)
+                );
+                self.problem(location, message);
+                None
+            }
+            Some(other) => {
+                self.wrong_type(location, "machineid", "a string", other);
+                None
+            }
+        }
     }
 
     /// Checks a required adapter or domain number 0-255.
@@ -393,7 +453,7 @@ impl Checker {
 /// `setname` is missing, empty or not a string.
 fn set_label(index: usize, fields: &Map<String, Value>) -> String {
     match fields.get("setname") {
-        Some(Value::String(name)) if !name.is_empty() => format!("set {name:?}"),
+        Some(Value::String(name)) if !name.is_empty() => format!("set {}", quoted(name)),
         _ => format!("cryptoconfigsets[{index}]"),
     }
 }
@@ -419,6 +479,28 @@ fn setname_rule_broken(name: &str) -> Option<String> {
         return Some("must start and end with a letter or digit".to_string());
     }
     None
+}
+
+/// Reports whether `name` is a Kubernetes namespace name (an RFC 1123
+/// label): 1-63 lowercase letters, digits and '-', starting and ending
+/// with a letter or digit.
+fn is_namespace_name(name: &str) -> bool {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+    let alphanumeric = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = name.as_bytes();
+    (1..=MAX_PROJECT_LEN).contains(&bytes.len())
+        && bytes.iter().all(|&b| allowed(b))
+        && bytes.first().is_some_and(alphanumeric)
+        && bytes.last().is_some_and(alphanumeric)
+}
+
+/// Reports whether `text` looks like `<Manufacturer>-<Type>-<Sequence
+/// Code>`: three non-empty parts joined by '-', printable ASCII without
+/// spaces, at most [`MAX_MACHINEID_LEN`] characters.
+fn is_machine_id(text: &str) -> bool {
+    let printable = text.len() <= MAX_MACHINEID_LEN && text.bytes().all(|b| b.is_ascii_graphic());
+    let parts: Vec<&str> = text.splitn(3, '-').collect();
+    printable && parts.len() == 3 && parts.iter().all(|part| !part.is_empty())
 }
 
 /// Returns a JSON number that is an integer, at any size JSON allows.
@@ -451,23 +533,16 @@ fn describe_apqn(apqn: &ConfigApqn) -> String {
         apqn.domain
     );
     if !apqn.machineid.is_empty() {
-        text.push_str(&format!(" on machine {:?}", apqn.machineid));
+        text.push_str(&format!(" on machine {}", quoted(&apqn.machineid)));
     }
     text
 }
 
-/// The maximum length of a string value quoted in full in a problem.
-const MAX_QUOTED_LEN: usize = 64;
-
 /// Describes a JSON value for a problem message: strings quoted and cut
-/// at 64 characters, numbers and literals as written, containers by kind.
+/// (see [`quoted`]), numbers and literals as written, containers by kind.
 fn describe(value: &Value) -> String {
     match value {
-        Value::String(text) if text.chars().count() > MAX_QUOTED_LEN => {
-            let cut: String = text.chars().take(MAX_QUOTED_LEN).collect();
-            format!("{cut:?}...")
-        }
-        Value::String(text) => format!("{text:?}"),
+        Value::String(text) => quoted(text).to_string(),
         Value::Array(_) => "an array".to_string(),
         Value::Object(_) => "an object".to_string(),
         other => other.to_string(),

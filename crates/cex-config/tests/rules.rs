@@ -496,3 +496,113 @@ fn wrong_top_level_shape_is_a_parse_error() {
         );
     }
 }
+
+#[test]
+fn project_must_be_a_namespace_name() {
+    for valid in ["p", "customer-1", "a1", &"n".repeat(63)] {
+        parse_ok(&config(vec![with(blue(), "project", json!(valid))]));
+    }
+    let rule = "is not a Kubernetes namespace name, expected 1-63 lowercase letters, digits \
+                and '-', starting and ending with a letter or digit";
+    for invalid in ["Customer", "team_a", "-team", "team-", "a.b", "a b", "ns\n"] {
+        assert_eq!(
+            problems(&config(vec![with(blue(), "project", json!(invalid))])),
+            vec![format!("set \"blue\": project {invalid:?} {rule}")],
+        );
+    }
+    let long = "n".repeat(64);
+    assert_eq!(
+        problems(&config(vec![with(blue(), "project", json!(long))])),
+        vec![format!("set \"blue\": project {long:?} {rule}")],
+    );
+}
+
+#[test]
+fn machineid_must_have_the_sysinfo_shape() {
+    let entry = |machineid: &str| json!([{"adapter": 1, "domain": 5, "machineid": machineid}]);
+    for valid in ["IBM-3906-00000000000829E7", "IBM-8561-0000000000000001", ""] {
+        parse_ok(&config(vec![with(blue(), "apqns", entry(valid))]));
+    }
+    let rule = "is invalid, expected <Manufacturer>-<Type>-<Sequence Code> such as \
+                \"IBM-3906-00000000000829E7\": up to 64 printable characters without spaces";
+    let long = format!("IBM-3906-{}", "0".repeat(56));
+    for invalid in [
+        "IBM-3906",
+        "IBM 3906 0001",
+        "IBM-3906-0001\nforged line",
+        "--",
+        "IBM--0001",
+        &long,
+    ] {
+        assert_eq!(
+            problems(&config(vec![with(blue(), "apqns", entry(invalid))])),
+            vec![format!(
+                "set \"blue\": apqns[0]: machineid {} {rule}",
+                cex_config::quoted(invalid)
+            )],
+        );
+    }
+}
+
+#[test]
+fn duplicate_keys_are_problems() {
+    let text = r#"{"cryptoconfigsets": [{"setname": "blue", "project": "a", "project": "b",
+        "apqns": [{"adapter": 1, "domain": 5, "domain": 6}]}]}"#;
+    assert_eq!(
+        problems(text),
+        vec![
+            "cryptoconfigsets[0]: key \"project\" appears more than once in one object",
+            "cryptoconfigsets[0].apqns[0]: key \"domain\" appears more than once in one object",
+        ]
+    );
+}
+
+#[test]
+fn huge_and_hostile_values_are_quoted_bounded() {
+    let huge = "P".repeat(1 << 20);
+    let shown = format!("\"{}\"... ({} bytes)", "P".repeat(64), huge.len());
+    let error = parse(&config(vec![with(blue(), "project", json!(huge))])).expect_err("invalid");
+    let text = error.to_string();
+    assert!(text.len() < 1024, "{} bytes", text.len());
+    assert!(text.contains(&shown), "{text}");
+
+    let mut set = with(blue(), "setname", json!(huge));
+    set[huge.as_str()] = json!(1);
+    let error = parse(&config(vec![set])).expect_err("invalid");
+    assert!(error.to_string().len() < 1024);
+
+    let forged = with(blue(), "cexmode", json!("cca\nINFO forged"));
+    assert_eq!(
+        problems(&config(vec![forged])),
+        vec!["set \"blue\": cexmode \"cca\\nINFO forged\" is invalid, expected ep11, cca or accel"]
+    );
+
+    let wrong_shape = json!({"cryptoconfigsets": huge}).to_string();
+    match parse(&wrong_shape) {
+        Err(ConfigError::Parse { message, .. }) => {
+            assert!(message.len() < 512, "{} bytes", message.len())
+        }
+        other => panic!("expected a parse error, got {other:?}"),
+    }
+}
+
+#[test]
+fn invalid_display_counts_problems_past_the_listed_ones() {
+    let sets: Vec<Value> = (0..30)
+        .map(|n| json!({"setname": format!("s{n}"), "project": "", "apqns": []}))
+        .collect();
+    let error = parse(&config(sets)).expect_err("invalid");
+    let ConfigError::Invalid { problems } = &error else {
+        panic!("expected problems, got {error:?}");
+    };
+    assert_eq!(problems.len(), 30);
+    let text = error.to_string();
+    assert!(
+        text.starts_with("30 problems: set \"s0\": project must not be empty"),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("set \"s19\": project must not be empty; and 10 more"),
+        "{text}"
+    );
+}
