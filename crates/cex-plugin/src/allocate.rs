@@ -13,10 +13,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use cex_ap::{Apqn, DeviceId};
+use cex_config::quoted;
 use cex_kubelet_api::deviceplugin::v1beta1::{
     AllocateRequest, AllocateResponse, ContainerAllocateResponse,
-    ContainerPreferredAllocationResponse, DeviceSpec, Mount, PreferredAllocationRequest,
-    PreferredAllocationResponse,
+    ContainerPreferredAllocationRequest, ContainerPreferredAllocationResponse, DeviceSpec, Mount,
+    PreferredAllocationRequest, PreferredAllocationResponse,
 };
 use cex_node::zcrypt::DEFAULT_CREATE_TIMEOUT;
 use cex_node::{
@@ -33,6 +34,9 @@ const CONTAINER_DEVICE: &str = "/dev/z90crypt";
 const CONTAINER_BUS_AP: &str = "/sys/bus/ap";
 /// The container mount point of the shadow `devices/ap` tree.
 const CONTAINER_DEVICES_AP: &str = "/sys/devices/ap";
+/// The number of ids of a request quoted in an error or a log line; the
+/// rest are counted.
+const SHOWN_IDS: usize = 4;
 
 /// Settings of an [`Allocator`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,7 +181,19 @@ impl Allocator {
         set: &SetSnapshot,
         request: AllocateRequest,
     ) -> Result<AllocateResponse, Status> {
-        let ids = check_request(set, &request)?;
+        let ids = check_request(set, &request).inspect_err(|status| {
+            let set_name = &set.name;
+            let requested = request
+                .container_requests
+                .iter()
+                .map(|container| id_list(&container.devices_i_ds))
+                .take(SHOWN_IDS)
+                .collect::<Vec<_>>()
+                .join(", ");
+            tracing::warn!(set = %set_name, containers = request.container_requests.len(),
+                requested = %requested, error = %status.message(),
+                "Plugin['{set_name}']: Allocate rejected: {}", status.message());
+        })?;
         let _setting_up = self.inner.setup.read().await;
         let variant = if set.live_sysfs {
             SysfsVariant::Live
@@ -332,42 +348,20 @@ impl Allocator {
     /// that carry the fewest allocated devices, so containers spread over
     /// the set's APQNs. A device counts as allocated when its zcrypt node
     /// exists or this process recorded it.
+    ///
+    /// Every `must_include` id must be announced by the set; repeated ids
+    /// count once. The answer never holds more than `allocation_size`
+    /// ids, nor more than the distinct ids offered.
     pub fn preferred_allocation(
         &self,
         set: &SetSnapshot,
         request: PreferredAllocationRequest,
     ) -> Result<PreferredAllocationResponse, Status> {
         let mut load = self.apqn_load();
-        let mut responses = Vec::with_capacity(request.container_requests.len());
+        let mut responses = Vec::new();
         for container in &request.container_requests {
-            let size = usize::try_from(container.allocation_size).map_err(|_| {
-                Status::invalid_argument(format!(
-                    "invalid allocation size {} for set {:?}",
-                    container.allocation_size, set.name
-                ))
-            })?;
-            let mut chosen = Vec::with_capacity(size);
-            for text in &container.must_include_device_i_ds {
-                let id = parse_id(set, text)?;
-                *load.entry(id.apqn).or_insert(0) += 1;
-                chosen.push(text.clone());
-            }
-            let mut candidates: Vec<DeviceId> = container
-                .available_device_i_ds
-                .iter()
-                .filter(|text| !chosen.contains(text))
-                .filter_map(|text| text.parse::<DeviceId>().ok())
-                .filter(|id| set.device(id).is_some_and(|device| device.healthy))
-                .collect();
-            while chosen.len() < size {
-                let Some(best) = pick_least_loaded(&mut candidates, &load) else {
-                    break;
-                };
-                *load.entry(best.apqn).or_insert(0) += 1;
-                chosen.push(best.to_string());
-            }
             responses.push(ContainerPreferredAllocationResponse {
-                device_i_ds: chosen,
+                device_i_ds: prefer(set, container, &mut load)?,
             });
         }
         Ok(PreferredAllocationResponse {
@@ -394,6 +388,78 @@ impl Allocator {
 impl Inner {
     fn lock_records(&self) -> std::sync::MutexGuard<'_, BTreeMap<DeviceId, AllocationRecord>> {
         self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Chooses the ids of one container: the `must_include` ids, then the
+/// least loaded healthy available ones, up to the allocation size. The
+/// result is sized by what is chosen, never by the requested size.
+fn prefer(
+    set: &SetSnapshot,
+    container: &ContainerPreferredAllocationRequest,
+    load: &mut BTreeMap<Apqn, usize>,
+) -> Result<Vec<String>, Status> {
+    let size = usize::try_from(container.allocation_size).map_err(|_| {
+        Status::invalid_argument(format!(
+            "invalid allocation size {} for set {:?}",
+            container.allocation_size, set.name
+        ))
+    })?;
+    let mut chosen: BTreeSet<DeviceId> = BTreeSet::new();
+    let mut order = Vec::new();
+    for text in &container.must_include_device_i_ds {
+        let id = parse_id(set, text)?;
+        if set.device(&id).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "must_include device {} is not announced by set {:?}",
+                quoted(text),
+                set.name
+            )));
+        }
+        if chosen.insert(id) {
+            *load.entry(id.apqn).or_insert(0) += 1;
+            order.push(id);
+        }
+    }
+    if order.len() > size {
+        return Err(Status::invalid_argument(format!(
+            "must_include names {} devices of set {:?}, more than the allocation size {size}: {}",
+            order.len(),
+            set.name,
+            id_list(&container.must_include_device_i_ds)
+        )));
+    }
+    let mut candidates: Vec<DeviceId> = container
+        .available_device_i_ds
+        .iter()
+        .filter_map(|text| text.parse::<DeviceId>().ok())
+        .filter(|id| set.device(id).is_some_and(|device| device.healthy))
+        .filter(|id| !chosen.contains(id))
+        .collect::<BTreeSet<DeviceId>>()
+        .into_iter()
+        .collect();
+    while order.len() < size {
+        let Some(best) = pick_least_loaded(&mut candidates, load) else {
+            break;
+        };
+        *load.entry(best.apqn).or_insert(0) += 1;
+        order.push(best);
+    }
+    Ok(order.iter().map(ToString::to_string).collect())
+}
+
+/// Shows a list of requested ids bounded: the first few quoted and the
+/// count, e.g. `["apqn-1-5-0", "apqn-1-5-1", ... 1000 ids]`.
+fn id_list(ids: &[String]) -> String {
+    let shown: Vec<String> = ids
+        .iter()
+        .take(SHOWN_IDS)
+        .map(|id| quoted(id).to_string())
+        .collect();
+    if ids.len() > SHOWN_IDS {
+        format!("[{}, ... {} ids]", shown.join(", "), ids.len())
+    } else {
+        format!("[{}]", shown.join(", "))
     }
 }
 
@@ -424,27 +490,31 @@ fn check_request(set: &SetSnapshot, request: &AllocateRequest) -> Result<Vec<Dev
     for container in &request.container_requests {
         let [text] = container.devices_i_ds.as_slice() else {
             return Err(Status::invalid_argument(format!(
-                "a container must request exactly one device of set {:?}, got {:?}: \
+                "a container must request exactly one device of set {:?}, got {}: \
                  /dev/z90crypt can map only one zcrypt node",
-                set.name, container.devices_i_ds
+                set.name,
+                id_list(&container.devices_i_ds)
             )));
         };
         let id = parse_id(set, text)?;
         let device = set.device(&id).ok_or_else(|| {
             Status::invalid_argument(format!(
-                "device {text:?} is not announced by set {:?}",
+                "device {} is not announced by set {:?}",
+                quoted(text),
                 set.name
             ))
         })?;
         if !device.healthy {
             return Err(Status::failed_precondition(format!(
-                "device {text:?} of set {:?} is unhealthy",
+                "device {} of set {:?} is unhealthy",
+                quoted(text),
                 set.name
             )));
         }
         if ids.contains(&id) {
             return Err(Status::invalid_argument(format!(
-                "device {text:?} of set {:?} is requested by two containers",
+                "device {} of set {:?} is requested by two containers",
+                quoted(text),
                 set.name
             )));
         }
@@ -453,9 +523,17 @@ fn check_request(set: &SetSnapshot, request: &AllocateRequest) -> Result<Vec<Dev
     Ok(ids)
 }
 
+/// Parses a requested id; the error quotes the id bounded, as a client
+/// may send any text.
 fn parse_id(set: &SetSnapshot, text: &str) -> Result<DeviceId, Status> {
-    text.parse::<DeviceId>()
-        .map_err(|error| Status::invalid_argument(format!("set {:?}: {error}", set.name)))
+    text.parse::<DeviceId>().map_err(|_| {
+        Status::invalid_argument(format!(
+            "set {:?}: invalid device id {}: expected apqn-<adapter 0-255>-<domain 0-255>-<n> \
+             in decimal",
+            set.name,
+            quoted(text)
+        ))
+    })
 }
 
 fn destroy_node(zcrypt: &ZcryptNodes, name: &str) {

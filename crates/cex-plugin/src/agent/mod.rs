@@ -222,7 +222,10 @@ impl Agent {
 fn read_machine_id(settings: &Settings) -> String {
     match cex_ap::sysinfo::read_machine_id(&settings.paths.sysinfo_file) {
         Ok(machine_id) => {
-            tracing::info!(%machine_id, "machine id {machine_id}");
+            // Quoted and bounded: the text comes from a file that need not
+            // be the kernel's.
+            let shown = cex_config::quoted(&machine_id);
+            tracing::info!(machine_id = %shown, "machine id {shown}");
             machine_id
         }
         Err(error) => {

@@ -37,13 +37,27 @@ impl Backoff {
         )
     }
 
-    /// Restarts of a server generation: the first after a quiet second is
-    /// immediate, a burst is slowed from 100 ms up to 1 s.
+    /// Restarts of a server generation that served: the first after quiet
+    /// 5 s is immediate, a burst is slowed from 100 ms up to 1 s. The
+    /// quiet period is longer than the cap, so restarts that keep coming
+    /// at the cap never count as quiet.
     pub(crate) fn restart() -> Self {
         Self::new(
             Duration::from_millis(100),
             Duration::from_secs(1),
-            Duration::from_secs(1),
+            Duration::from_secs(5),
+        )
+    }
+
+    /// Retries of a server generation that could not start (a file in the
+    /// way, a path too long, another agent on the socket): 0.5 s doubling
+    /// up to 30 s. Time alone never starts it over; the caller resets it
+    /// once a generation has served and stayed registered for a while.
+    pub(crate) fn serve_failure() -> Self {
+        Self::new(
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+            Duration::MAX,
         )
     }
 
@@ -113,6 +127,13 @@ mod tests {
         assert_eq!(restart_delay(&mut backoff), Duration::from_millis(400));
         std::thread::sleep(quiet * 2);
         assert_eq!(restart_delay(&mut backoff), Duration::ZERO);
+    }
+
+    #[test]
+    fn serve_failures_back_off_to_half_a_minute() {
+        let mut backoff = Backoff::serve_failure();
+        let delays: Vec<u64> = (0..9).map(|_| backoff.next_delay().as_secs()).collect();
+        assert_eq!(delays, [0, 1, 2, 4, 8, 16, 30, 30, 30]);
     }
 
     #[test]

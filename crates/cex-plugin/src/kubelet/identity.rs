@@ -9,6 +9,12 @@
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
+use std::time::Duration;
+
+/// How long a connection attempt to an existing socket may take before
+/// the socket counts as served (a full listen backlog makes a connect
+/// wait).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Device, inode and change time of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,8 +40,21 @@ pub(crate) fn socket_identity(path: &Path) -> Option<FileIdentity> {
     })
 }
 
+/// Reports whether a process accepts connections on the socket at
+/// `path`. A socket file nobody listens on refuses at once.
+pub(crate) async fn socket_in_use(path: &Path) -> bool {
+    if socket_identity(path).is_none() {
+        return false;
+    }
+    match tokio::time::timeout(PROBE_TIMEOUT, tokio::net::UnixStream::connect(path)).await {
+        Ok(Ok(_)) | Err(_) => true,
+        Ok(Err(_)) => false,
+    }
+}
+
 /// Removes the file at `path` if it is a socket; anything else there is
-/// left alone and reported.
+/// left alone and reported. Callers check [`socket_in_use`] first, so a
+/// socket served by another process is never taken over.
 pub(crate) fn remove_stale_socket(path: &Path) -> io::Result<bool> {
     match std::fs::symlink_metadata(path) {
         Ok(metadata) if metadata.file_type().is_socket() => {
@@ -91,6 +110,21 @@ mod tests {
         let _other = std::os::unix::net::UnixListener::bind(&path).expect("bind");
         assert!(!remove_own_socket(&path, identity).expect("checked"));
         assert!(path.exists());
+    }
+
+    #[tokio::test]
+    async fn served_sockets_are_in_use() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("a.sock");
+        assert!(!socket_in_use(&path).await, "no file");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        assert!(socket_in_use(&path).await, "listening");
+        drop(listener);
+        assert!(path.exists());
+        assert!(!socket_in_use(&path).await, "stale socket file");
+        std::fs::remove_file(&path).expect("remove");
+        std::fs::write(&path, "data").expect("write");
+        assert!(!socket_in_use(&path).await, "regular file");
     }
 
     #[test]

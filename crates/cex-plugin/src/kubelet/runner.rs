@@ -12,6 +12,12 @@
 //! * A failed Register call: retry with exponential back-off on the same
 //!   socket, so retries never leave extra socket files behind.
 //!
+//! * A generation that cannot start (a file in the way, a path too long,
+//!   another agent serving the socket): retry after 0.5 s doubling up to
+//!   30 s, or sooner when the file in the way goes or `kubelet.sock` is
+//!   re-created. The delays start over only after a generation stayed
+//!   registered for [`STABLE_AFTER`].
+//!
 //! Restarts in a burst are slowed (100 ms doubling up to 1 s), so no
 //! fault can turn into a tight restart loop.
 //!
@@ -36,6 +42,10 @@ use crate::error_chain;
 
 /// Wait after a stream end before registering again.
 const STREAM_END_SETTLE: Duration = Duration::from_millis(250);
+
+/// How long a generation must stay registered before failures to start
+/// a generation are forgotten.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// Reason a server generation ended.
 enum Stop {
@@ -71,27 +81,37 @@ impl SetRunner {
 
     /// Serves and registers the set until it is cancelled.
     pub(crate) async fn run(mut self) {
-        let socket_name = socket_file_name(&self.set);
+        let socket_name = socket_file_name(&self.context.dir, &self.set);
         let mut restarts = Backoff::restart();
+        let mut failures = Backoff::serve_failure();
         loop {
             if !self.wait_for_kubelet().await {
                 break;
             }
-            let reason = match ServerGeneration::start(&self.set, &socket_name, &self.context) {
-                Ok(mut generation) => {
-                    let stop = self.register_and_watch(&mut generation, &socket_name).await;
-                    generation.stop(&self.set).await;
-                    self.context
-                        .stats
-                        .update(&self.set, |counters| counters.registered = false);
-                    stop
-                }
+            let generation = ServerGeneration::start(&self.set, &socket_name, &self.context).await;
+            let mut generation = match generation {
+                Ok(generation) => generation,
                 Err(error) => {
-                    tracing::error!(set = %self.set, error = %error_chain(&error), "Plugin['{}']: cannot serve", self.set);
-                    Stop::Restart("serving failed")
+                    let delay = failures.next_delay();
+                    tracing::error!(set = %self.set, ?delay, error = %error_chain(&error), "Plugin['{}']: cannot serve, retrying in {delay:?}", self.set);
+                    if !self.wait_after_failure(delay, &socket_name).await {
+                        break;
+                    }
+                    continue;
                 }
             };
-            let Stop::Restart(why) = reason else { break };
+            let stop = self.register_and_watch(&mut generation, &socket_name).await;
+            if generation
+                .registered_at
+                .is_some_and(|at| at.elapsed() >= STABLE_AFTER)
+            {
+                failures.reset();
+            }
+            generation.stop(&self.set).await;
+            self.context
+                .stats
+                .update(&self.set, |counters| counters.registered = false);
+            let Stop::Restart(why) = stop else { break };
             self.context
                 .stats
                 .update(&self.set, |counters| counters.restarts += 1);
@@ -102,6 +122,31 @@ impl SetRunner {
             }
         }
         tracing::info!(set = %self.set, "Plugin['{}']: stopped", self.set);
+    }
+
+    /// Waits `delay` after a generation could not start. Ends early when
+    /// the file that was at our socket path is gone or `kubelet.sock` is
+    /// re-created, as either may have removed the cause. False when
+    /// cancelled.
+    async fn wait_after_failure(&mut self, delay: Duration, socket_name: &str) -> bool {
+        let own = self.context.dir.join(socket_name);
+        let blocked = std::fs::symlink_metadata(&own).is_ok();
+        let kubelet = socket_identity(&self.kubelet_socket());
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => return false,
+                () = &mut sleep => return true,
+                () = next_event(&mut self.events) => {
+                    let cleared = blocked && std::fs::symlink_metadata(&own).is_err();
+                    let now = socket_identity(&self.kubelet_socket());
+                    if cleared || (now.is_some() && now != kubelet) {
+                        return true;
+                    }
+                }
+            }
+        }
     }
 
     /// Waits until `kubelet.sock` exists; false when cancelled first.
@@ -158,6 +203,7 @@ impl SetRunner {
                 counters.registered = true;
             });
             tracing::info!(set = %self.set, attempt, elapsed = ?started.elapsed(), "Plugin['{}']: registered with the kubelet", self.set);
+            generation.registered_at = Some(tokio::time::Instant::now());
             attempt = 0;
             retries.reset();
             match self.watch(generation, kubelet).await {

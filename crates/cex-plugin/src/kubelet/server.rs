@@ -16,7 +16,9 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::identity::{remove_own_socket, remove_stale_socket, socket_identity, FileIdentity};
+use super::identity::{
+    remove_own_socket, remove_stale_socket, socket_identity, socket_in_use, FileIdentity,
+};
 use super::service::{DevicePluginService, StreamBook};
 use super::PluginContext;
 
@@ -26,6 +28,14 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 /// The socket of a generation cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ServeError {
+    /// Another process accepts connections on our socket path: most
+    /// likely a second agent serving the same set on this node.
+    #[error(
+        "another process serves {}; is a second agent running on this node? \
+         leaving it alone",
+        path.display()
+    )]
+    InUse { path: PathBuf },
     /// A file that is not a socket sits where our socket belongs.
     #[error("cannot remove stale socket {}", path.display())]
     Stale {
@@ -53,17 +63,23 @@ pub(crate) struct ServerGeneration {
     tasks: TaskTracker,
     /// The tonic server task; it ends only when stopped or on failure.
     pub(crate) server: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// When the kubelet last accepted the registration of this generation.
+    pub(crate) registered_at: Option<tokio::time::Instant>,
 }
 
 impl ServerGeneration {
     /// Binds `<dir>/<socket_name>` (removing a stale socket of exactly that
-    /// name) and starts serving set `set` on it.
-    pub(crate) fn start(
+    /// name, never one that another process serves) and starts serving set
+    /// `set` on it.
+    pub(crate) async fn start(
         set: &str,
         socket_name: &str,
         context: &PluginContext,
     ) -> Result<Self, ServeError> {
         let path = context.dir.join(socket_name);
+        if socket_in_use(&path).await {
+            return Err(ServeError::InUse { path });
+        }
         if remove_stale_socket(&path).map_err(|source| ServeError::Stale {
             path: path.clone(),
             source,
@@ -102,6 +118,7 @@ impl ServerGeneration {
             stop,
             tasks,
             server,
+            registered_at: None,
         })
     }
 
