@@ -223,14 +223,32 @@ impl Checker {
             self.problem(label, "project must not be empty".to_string());
             return None;
         }
-        if !is_namespace_name(project) {
+        if project.chars().any(|c| c.is_whitespace() || c.is_control()) {
             let message = format!(
-                "project {} is not a Kubernetes namespace name, expected 1-{MAX_PROJECT_LEN} \
-                 lowercase letters, digits and '-', starting and ending with a letter or digit",
+                "project {} must not contain whitespace or control characters",
                 quoted(project)
             );
             self.problem(label, message);
             return None;
+        }
+        if project.chars().count() > MAX_PROJECT_LEN {
+            let message = format!(
+                "project {} is longer than {MAX_PROJECT_LEN} characters, the limit of a \
+                 namespace name",
+                quoted(project)
+            );
+            self.problem(label, message);
+            return None;
+        }
+        // Configs written for the reference plug-in may carry such a project
+        // and must keep loading, so this is a warning and not a problem.
+        if !is_namespace_name(project) {
+            self.warnings.push(format!(
+                "{label}: project {} is not a Kubernetes namespace name (1-{MAX_PROJECT_LEN} \
+                 lowercase letters, digits and '-', starting and ending with a letter or \
+                 digit), so every pod using the set is reported as a project mismatch",
+                quoted(project)
+            ));
         }
         Some(project.to_string())
     }

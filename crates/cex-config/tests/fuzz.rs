@@ -104,8 +104,8 @@ proptest! {
                 for set in &loaded.config.sets {
                     prop_assert!(names.insert(set.setname.clone()), "duplicate {}", set.setname);
                     prop_assert!(!set.setname.is_empty() && set.setname.len() <= 63);
-                    prop_assert!(!set.project.is_empty() && set.project.len() <= 63);
-                    prop_assert!(set.project.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+                    prop_assert!(!set.project.is_empty() && set.project.chars().count() <= 63);
+                    prop_assert!(!set.project.chars().any(|c| c.is_whitespace() || c.is_control()));
                     prop_assert!(set.overcommit.is_none_or(|n| n <= MAX_OVERCOMMIT));
                     prop_assert!(set.mincexgen.is_none_or(|gen| gen >= 4));
                 }

@@ -498,22 +498,41 @@ fn wrong_top_level_shape_is_a_parse_error() {
 }
 
 #[test]
-fn project_must_be_a_namespace_name() {
+fn project_outside_namespace_rules_is_a_warning() {
     for valid in ["p", "customer-1", "a1", &"n".repeat(63)] {
-        parse_ok(&config(vec![with(blue(), "project", json!(valid))]));
+        let loaded = parse_ok(&config(vec![with(blue(), "project", json!(valid))]));
+        assert!(loaded.warnings.is_empty(), "{valid:?}: {:?}", loaded.warnings);
     }
-    let rule = "is not a Kubernetes namespace name, expected 1-63 lowercase letters, digits \
-                and '-', starting and ending with a letter or digit";
-    for invalid in ["Customer", "team_a", "-team", "team-", "a.b", "a b", "ns\n"] {
+    let rule = "is not a Kubernetes namespace name (1-63 lowercase letters, digits and '-', \
+                starting and ending with a letter or digit), so every pod using the set is \
+                reported as a project mismatch";
+    for odd in ["Customer", "team_a", "-team", "team-", "a.b"] {
+        let loaded = parse_ok(&config(vec![with(blue(), "project", json!(odd))]));
+        assert_eq!(loaded.config.sets[0].project, odd);
+        assert_eq!(loaded.warnings, vec![format!("set \"blue\": project {odd:?} {rule}")]);
+    }
+}
+
+#[test]
+fn project_with_whitespace_is_rejected() {
+    let rule = "must not contain whitespace or control characters";
+    for invalid in ["a b", "ns\n", "tab\there"] {
         assert_eq!(
             problems(&config(vec![with(blue(), "project", json!(invalid))])),
             vec![format!("set \"blue\": project {invalid:?} {rule}")],
         );
     }
+}
+
+#[test]
+fn project_longer_than_namespace_is_rejected() {
     let long = "n".repeat(64);
     assert_eq!(
         problems(&config(vec![with(blue(), "project", json!(long))])),
-        vec![format!("set \"blue\": project {long:?} {rule}")],
+        vec![format!(
+            "set \"blue\": project {long:?} is longer than 63 characters, the limit of a \
+             namespace name"
+        )],
     );
 }
 
