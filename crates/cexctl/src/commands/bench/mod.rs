@@ -71,7 +71,7 @@ impl Plan {
         if quick {
             Self {
                 start_runs: 2,
-                restarts: 2,
+                restarts: 1,
                 changes: 1,
                 sequential_allocations: 10,
                 concurrent_rounds: 1,

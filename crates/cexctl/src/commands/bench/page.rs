@@ -165,7 +165,7 @@ impl Report {
             "```sh\ncargo build --release -p cex-plugin  # also measure the shipped binary\n\
              cargo run --release -p cexctl -- bench\n```\n\n\
              This writes `docs/benchmarks.md` (`--output FILE` writes elsewhere). \
-             {} Most of a full run is the 20 kubelet restarts spaced 1.6 s apart and \
+             {} Most of a full run is the 20 kubelet restarts spaced 5.5 s apart and \
              the 60 s idle window of each agent executable. `--quick` takes a few samples of each figure in \
              under a minute; the smoke test runs it.",
             if self.quick {
