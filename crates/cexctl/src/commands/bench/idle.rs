@@ -57,8 +57,8 @@ pub async fn measure(
     };
     runs.push(measure_one(node, sets, plan, plan.agent_binary.as_deref(), label).await?);
     let sibling = sibling_agent();
-    if let (None, Some((binary, note))) = (&plan.agent_binary, &sibling) {
-        let label = format!("`cex-plugin` binary{note}");
+    if let (None, Some(binary)) = (&plan.agent_binary, &sibling) {
+        let label = "`cex-plugin` binary".to_string();
         runs.push(measure_one(node, sets, plan, Some(binary), label).await?);
     }
 
@@ -75,8 +75,8 @@ pub async fn measure(
          `/proc/<pid>/smaps`, and CPU time (utime + stime) from `/proc/<pid>/stat` at \
          the start and end of a {:.0} s window. `cexctl agent` runs the agent code of \
          the `cex-plugin` binary inside the larger `cexctl` executable, so its file-backed \
-         pages are more; the `cex-plugin` binary is measured too when it is built beside \
-         `cexctl` (`cargo build --release -p cex-plugin`).\n",
+         pages are more. The `cex-plugin` binary found beside `cexctl` is measured too, as \
+         last built: build it from the same sources first (see below).\n",
         sets.len(),
         SETTLE.as_secs(),
         plan.idle_window.as_secs_f64(),
@@ -121,23 +121,10 @@ fn idle_figure(run: &IdleRun, set_count: usize) -> Figure {
     }
 }
 
-/// Returns the `cex-plugin` executable beside this one, with a note when
-/// it is older than this executable (built from older sources, maybe).
-fn sibling_agent() -> Option<(PathBuf, String)> {
-    let this = std::env::current_exe().ok()?;
-    let sibling = this.with_file_name("cex-plugin");
-    let sibling_modified = std::fs::metadata(&sibling).ok()?.modified().ok()?;
-    let this_modified = std::fs::metadata(&this).ok()?.modified().ok()?;
-    let note = match this_modified.duration_since(sibling_modified) {
-        Ok(older) if older > Duration::from_secs(60) => {
-            format!(
-                ", built {:.0} min before `cexctl`",
-                older.as_secs_f64() / 60.0
-            )
-        }
-        _ => String::new(),
-    };
-    Some((sibling, note))
+/// Returns the `cex-plugin` executable beside this one, if built.
+fn sibling_agent() -> Option<PathBuf> {
+    let sibling = std::env::current_exe().ok()?.with_file_name("cex-plugin");
+    sibling.is_file().then_some(sibling)
 }
 
 /// Runs `binary` (`None`: `cexctl agent`) with the default intervals on
