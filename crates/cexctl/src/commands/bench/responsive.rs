@@ -285,9 +285,10 @@ async fn sysfs_change(
         "Queue `{apqn}` of set `{}` is switched offline (queue `online` 1 -> 0) and back \
          {changes} times with `APQN_CHECK_INTERVAL` at its minimum of 1 s. A simulated \
          node sends no AP bus uevents, so the agent finds each change on its next \
-         rescan and the samples spread over one interval. Each sample runs from the \
-         sysfs write to the ListAndWatch message showing `{id}` with the new health. \
-         The target is one interval plus 100 ms for the rescan and the new list.\n",
+         rescan. Each change follows right after the list of the previous one, which \
+         comes just after a rescan, so each sample waits about one full interval: the \
+         worst case. Each sample runs from the sysfs write to the ListAndWatch message \
+         showing `{id}` with the new health. The target is one interval plus 100 ms for the rescan and the new list.\n",
         set.name
     ));
     section.line(format!("- each change: {}", list(&samples)));
