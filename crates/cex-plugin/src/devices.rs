@@ -238,10 +238,12 @@ fn check_entry(
 }
 
 /// Formats device ids with their health for log lines:
-/// `apqn-1-5-0 (Healthy), apqn-2-5-0 (Unhealthy)`.
+/// `apqn-1-5-0 (Healthy), apqn-2-5-0 (Unhealthy)`, at most
+/// `MAX_LOGGED_DEVICES` of them followed by `and N more`.
 pub fn format_devices(devices: &[PluginDevice]) -> String {
-    let parts: Vec<String> = devices
+    let mut parts: Vec<String> = devices
         .iter()
+        .take(MAX_LOGGED_DEVICES)
         .map(|device| {
             let health = if device.healthy {
                 "Healthy"
@@ -251,8 +253,15 @@ pub fn format_devices(devices: &[PluginDevice]) -> String {
             format!("{} ({health})", device.id)
         })
         .collect();
+    if devices.len() > MAX_LOGGED_DEVICES {
+        parts.push(format!("and {} more", devices.len() - MAX_LOGGED_DEVICES));
+    }
     parts.join(", ")
 }
+
+/// The most device ids one log line lists; a set of thousands of APQNs at
+/// high overcommit would otherwise log lines of megabytes.
+const MAX_LOGGED_DEVICES: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -521,4 +530,21 @@ mod tests {
             Some(true)
         );
     }
+
+    #[test]
+    fn format_devices_caps_long_lists() {
+        let devices: Vec<PluginDevice> = (0..100)
+            .map(|index| PluginDevice {
+                id: DeviceId::new(cex_ap::Apqn::new(1, 5), index),
+                healthy: index % 2 == 0,
+            })
+            .collect();
+        let text = format_devices(&devices);
+        assert!(text.starts_with("apqn-1-5-0 (Healthy), apqn-1-5-1 (Unhealthy)"), "{text}");
+        assert!(text.contains("apqn-1-5-63 (Unhealthy)"), "{text}");
+        assert!(!text.contains("apqn-1-5-64 "), "{text}");
+        assert!(text.ends_with(", and 36 more"), "{text}");
+        assert_eq!(format_devices(&devices[..2]), "apqn-1-5-0 (Healthy), apqn-1-5-1 (Unhealthy)");
+    }
+
 }
