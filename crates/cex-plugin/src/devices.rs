@@ -540,11 +540,16 @@ mod tests {
             })
             .collect();
         let text = format_devices(&devices);
-        assert!(text.starts_with("apqn-1-5-0 (Healthy), apqn-1-5-1 (Unhealthy)"), "{text}");
+        assert!(
+            text.starts_with("apqn-1-5-0 (Healthy), apqn-1-5-1 (Unhealthy)"),
+            "{text}"
+        );
         assert!(text.contains("apqn-1-5-63 (Unhealthy)"), "{text}");
         assert!(!text.contains("apqn-1-5-64 "), "{text}");
         assert!(text.ends_with(", and 36 more"), "{text}");
-        assert_eq!(format_devices(&devices[..2]), "apqn-1-5-0 (Healthy), apqn-1-5-1 (Unhealthy)");
+        assert_eq!(
+            format_devices(&devices[..2]),
+            "apqn-1-5-0 (Healthy), apqn-1-5-1 (Unhealthy)"
+        );
     }
-
 }
