@@ -2,7 +2,10 @@
 //! Rust, so that building the project needs no `protoc` on the PATH.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/deviceplugin_v1beta1.proto", "proto/podresources_v1.proto"];
+    let protos = [
+        "proto/deviceplugin_v1beta1.proto",
+        "proto/podresources_v1.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -84,7 +84,9 @@ impl FromStr for CardType {
     type Err = CardTypeError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = || CardTypeError { value: text.to_string() };
+        let error = || CardTypeError {
+            value: text.to_string(),
+        };
         let rest = text.trim().strip_prefix("CEX").ok_or_else(error)?;
         let letter = rest.chars().last().ok_or_else(error)?;
         let mode = CexMode::from_type_letter(letter).ok_or_else(error)?;
@@ -125,8 +127,13 @@ mod tests {
 
     #[test]
     fn card_type_rejects_malformed() {
-        for text in ["", "CEX", "CEXP", "CEX8", "CEX8X", "cex8p", "CEX-8P", "CEX8 P"] {
-            assert!(text.parse::<CardType>().is_err(), "{text:?} should be rejected");
+        for text in [
+            "", "CEX", "CEXP", "CEX8", "CEX8X", "cex8p", "CEX-8P", "CEX8 P",
+        ] {
+            assert!(
+                text.parse::<CardType>().is_err(),
+                "{text:?} should be rejected"
+            );
         }
     }
 

@@ -50,7 +50,11 @@ impl DeviceId {
 
 impl fmt::Display for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "apqn-{}-{}-{}", self.apqn.adapter, self.apqn.domain, self.index)
+        write!(
+            f,
+            "apqn-{}-{}-{}",
+            self.apqn.adapter, self.apqn.domain, self.index
+        )
     }
 }
 
@@ -70,7 +74,9 @@ impl FromStr for DeviceId {
     type Err = DeviceIdError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = || DeviceIdError { value: text.to_string() };
+        let error = || DeviceIdError {
+            value: text.to_string(),
+        };
         let rest = text.strip_prefix("apqn-").ok_or_else(error)?;
         let mut parts = rest.split('-');
         let (Some(adapter), Some(domain), Some(index), None) =
@@ -106,19 +112,38 @@ mod tests {
     #[test]
     fn rejects_non_canonical_ids() {
         let bad = [
-            "", "apqn-", "apqn-1-5", "apqn-1-5-0-1", "apqn-256-5-0", "apqn-1-256-0",
-            "apqn-01-5-0", "apqn-1-5-+0", "apqn-1-5-0 ", "apqn-1-5-../0", "apqn-1-5-0/",
-            "APQN-1-5-0", "apqn-0x1-5-0", "zcrypt-apqn-1-5-0", "apqn--1-5-0", "apqn-1-5-99999999999",
+            "",
+            "apqn-",
+            "apqn-1-5",
+            "apqn-1-5-0-1",
+            "apqn-256-5-0",
+            "apqn-1-256-0",
+            "apqn-01-5-0",
+            "apqn-1-5-+0",
+            "apqn-1-5-0 ",
+            "apqn-1-5-../0",
+            "apqn-1-5-0/",
+            "APQN-1-5-0",
+            "apqn-0x1-5-0",
+            "zcrypt-apqn-1-5-0",
+            "apqn--1-5-0",
+            "apqn-1-5-99999999999",
         ];
         for text in bad {
-            assert!(text.parse::<DeviceId>().is_err(), "{text:?} should be rejected");
+            assert!(
+                text.parse::<DeviceId>().is_err(),
+                "{text:?} should be rejected"
+            );
         }
     }
 
     #[test]
     fn parses_node_and_dir_names() {
         let id = DeviceId::new(Apqn::new(1, 5), 0);
-        assert_eq!(DeviceId::from_zcrypt_node_name("zcrypt-apqn-1-5-0"), Some(id));
+        assert_eq!(
+            DeviceId::from_zcrypt_node_name("zcrypt-apqn-1-5-0"),
+            Some(id)
+        );
         assert_eq!(DeviceId::from_shadow_dir_name("sysfs-apqn-1-5-0"), Some(id));
         assert_eq!(DeviceId::from_zcrypt_node_name("zcrypt_3"), None);
     }

@@ -72,7 +72,10 @@ mod tests {
     fn inventory(card_online: bool, queue: Queue) -> Inventory {
         let card = Card {
             adapter: 1,
-            card_type: Some(CardType { generation: 8, mode: CexMode::Ep11 }),
+            card_type: Some(CardType {
+                generation: 8,
+                mode: CexMode::Ep11,
+            }),
             hwtype: Some(14),
             raw_hwtype: Some(14),
             online: Some(card_online),
@@ -88,20 +91,58 @@ mod tests {
     #[test]
     fn usable_needs_queue_and_card_ready() {
         let apqn = Apqn::new(1, 5);
-        let ready = Queue { apqn, online: Some(true), config: Some(true), chkstop: Some(false) };
+        let ready = Queue {
+            apqn,
+            online: Some(true),
+            config: Some(true),
+            chkstop: Some(false),
+        };
         assert!(inventory(true, ready.clone()).is_usable(apqn));
         assert!(!inventory(false, ready.clone()).is_usable(apqn));
-        assert!(!inventory(true, Queue { online: Some(false), ..ready.clone() }).is_usable(apqn));
-        assert!(!inventory(true, Queue { config: Some(false), ..ready.clone() }).is_usable(apqn));
-        assert!(!inventory(true, Queue { chkstop: Some(true), ..ready.clone() }).is_usable(apqn));
-        assert!(!inventory(true, Queue { online: None, ..ready.clone() }).is_usable(apqn));
+        assert!(!inventory(
+            true,
+            Queue {
+                online: Some(false),
+                ..ready.clone()
+            }
+        )
+        .is_usable(apqn));
+        assert!(!inventory(
+            true,
+            Queue {
+                config: Some(false),
+                ..ready.clone()
+            }
+        )
+        .is_usable(apqn));
+        assert!(!inventory(
+            true,
+            Queue {
+                chkstop: Some(true),
+                ..ready.clone()
+            }
+        )
+        .is_usable(apqn));
+        assert!(!inventory(
+            true,
+            Queue {
+                online: None,
+                ..ready.clone()
+            }
+        )
+        .is_usable(apqn));
         assert!(!inventory(true, ready).is_usable(Apqn::new(1, 6)));
     }
 
     #[test]
     fn missing_config_and_chkstop_count_as_ready() {
         let apqn = Apqn::new(1, 5);
-        let queue = Queue { apqn, online: Some(true), config: None, chkstop: None };
+        let queue = Queue {
+            apqn,
+            online: Some(true),
+            config: None,
+            chkstop: None,
+        };
         assert!(inventory(true, queue).is_usable(apqn));
     }
 }

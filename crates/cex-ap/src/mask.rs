@@ -69,7 +69,10 @@ impl Mask256 {
     /// items (C number syntax) applied to `current`. One trailing newline
     /// is allowed. On error nothing is changed, as in the kernel.
     pub fn parse_kernel(text: &str, current: &Mask256) -> Result<Mask256, MaskError> {
-        let error = |reason| MaskError { value: text.to_string(), reason };
+        let error = |reason| MaskError {
+            value: text.to_string(),
+            reason,
+        };
         let body = text.strip_suffix('\n').unwrap_or(text);
         if body.starts_with('+') || body.starts_with('-') {
             return parse_relative(body, *current).map_err(error);
@@ -191,7 +194,10 @@ mod tests {
     fn absolute_form_rejects_bad_input() {
         let too_long = format!("0x{}", "f".repeat(65));
         for text in [too_long.as_str(), "0xg", "0x1\n\n", "0x1 "] {
-            assert!(Mask256::parse_kernel(text, &Mask256::empty()).is_err(), "{text:?}");
+            assert!(
+                Mask256::parse_kernel(text, &Mask256::empty()).is_err(),
+                "{text:?}"
+            );
         }
     }
 

@@ -501,7 +501,11 @@ fn wrong_top_level_shape_is_a_parse_error() {
 fn project_outside_namespace_rules_is_a_warning() {
     for valid in ["p", "customer-1", "a1", &"n".repeat(63)] {
         let loaded = parse_ok(&config(vec![with(blue(), "project", json!(valid))]));
-        assert!(loaded.warnings.is_empty(), "{valid:?}: {:?}", loaded.warnings);
+        assert!(
+            loaded.warnings.is_empty(),
+            "{valid:?}: {:?}",
+            loaded.warnings
+        );
     }
     let rule = "is not a Kubernetes namespace name (1-63 lowercase letters, digits and '-', \
                 starting and ending with a letter or digit), so every pod using the set is \
@@ -509,7 +513,10 @@ fn project_outside_namespace_rules_is_a_warning() {
     for odd in ["Customer", "team_a", "-team", "team-", "a.b"] {
         let loaded = parse_ok(&config(vec![with(blue(), "project", json!(odd))]));
         assert_eq!(loaded.config.sets[0].project, odd);
-        assert_eq!(loaded.warnings, vec![format!("set \"blue\": project {odd:?} {rule}")]);
+        assert_eq!(
+            loaded.warnings,
+            vec![format!("set \"blue\": project {odd:?} {rule}")]
+        );
     }
 }
 
