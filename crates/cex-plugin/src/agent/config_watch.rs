@@ -101,7 +101,17 @@ fn apply(
             for warning in &loaded.warnings {
                 tracing::warn!("CryptoConfig: {warning}");
             }
-            tracing::info!(summary = %config_source::summary(&loaded.config), "CryptoConfig: updated configuration");
+            let sets: Vec<&str> = loaded
+                .config
+                .sets
+                .iter()
+                .map(|set| set.setname.as_str())
+                .collect();
+            tracing::info!(
+                sets = %sets.join(","),
+                summary = %config_source::summary(&loaded.config),
+                "CryptoConfig: updated configuration"
+            );
             config.send_replace(Some(Arc::new(loaded.config)));
         }
         Err(error) => {
