@@ -39,7 +39,7 @@ pub const MAX_PROJECT_LEN: usize = 63;
 pub const MAX_MACHINEID_LEN: usize = 64;
 
 /// The number of problems a [`ConfigError::Invalid`] message lists; the
-/// rest are counted. The `problems` field always holds every problem.
+/// rest are counted. The `problems` field always contains every problem.
 pub const MAX_LISTED_PROBLEMS: usize = 20;
 
 /// A verified configuration and the warnings found on the way (unknown

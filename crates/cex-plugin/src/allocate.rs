@@ -350,7 +350,7 @@ impl Allocator {
     /// exists or this process recorded it.
     ///
     /// Every `must_include` id must be announced by the set; repeated ids
-    /// count once. The answer never holds more than `allocation_size`
+    /// count once. The response never contains more than `allocation_size`
     /// ids, nor more than the distinct ids offered.
     pub fn preferred_allocation(
         &self,

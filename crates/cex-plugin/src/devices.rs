@@ -14,7 +14,7 @@ pub struct PluginDevice {
     pub healthy: bool,
 }
 
-/// What one set currently announces, as the allocation path sees it.
+/// The devices one set currently announces, as the allocation path reads them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetSnapshot {
     pub name: String,
@@ -259,8 +259,8 @@ pub fn format_devices(devices: &[PluginDevice]) -> String {
     parts.join(", ")
 }
 
-/// The most device ids one log line lists; a set of thousands of APQNs at
-/// high overcommit would otherwise log lines of megabytes.
+/// The maximum number of device ids one log line lists. Without it, a set of
+/// thousands of APQNs at high overcommit would log lines of megabytes.
 const MAX_LOGGED_DEVICES: usize = 64;
 
 #[cfg(test)]

@@ -49,10 +49,11 @@ pub struct PluginContext {
 pub const MAX_SOCKET_PATH: usize = 107;
 
 /// Returns the socket file name of set `set` in the device-plugin
-/// directory `dir`: `cex-<set>.sock` when `<dir>/cex-<set>.sock` fits in
-/// [`MAX_SOCKET_PATH`] bytes, else `cex-<prefix>-<hash>.sock` with as much
-/// of the set name as fits and 16 hex digits of a stable hash (FNV-1a) of
-/// the whole name, so that each set keeps its own socket.
+/// directory `dir`. The name is `cex-<set>.sock` when `<dir>/cex-<set>.sock`
+/// fits in [`MAX_SOCKET_PATH`] bytes. Otherwise it is
+/// `cex-<prefix>-<hash>.sock`, with as much of the set name as fits and 16
+/// hex digits of a stable hash (FNV-1a) of the whole name, so that each set
+/// keeps its own socket.
 ///
 /// Everything that needs the socket of a set calls this function.
 pub fn socket_file_name(dir: &Path, set: &str) -> String {

@@ -166,7 +166,7 @@ impl Supervisor {
     }
 
     /// Drops the dead watch, waits for a directory at the path and
-    /// watches it. Returns false when told to stop first.
+    /// watches it. Returns false when a stop is requested first.
     fn rewatch(&mut self) -> bool {
         let _ = self.watcher.unwatch(&self.dir);
         tracing::warn!(dir = %self.dir.display(), "device-plugin directory removed or replaced, waiting for it to return");
